@@ -1,0 +1,14 @@
+"""One exception type for bad user input, so the CLI can print one line instead of a traceback.
+
+Raise `InputError("data.jsonl:12: field 'chosen' is missing")`; `minirlhf` prints the message and
+exits with status 2. Anything else that goes wrong is a bug and keeps its traceback.
+"""
+
+
+class InputError(Exception):
+    """A problem with something the user passed: a file, a field, a flag. Message: `where: what`."""
+
+
+def at(path, line: int, what: str) -> InputError:
+    """InputError formatted as `file:line: what is wrong`."""
+    return InputError(f"{path}:{line}: {what}")

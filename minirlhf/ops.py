@@ -1,0 +1,87 @@
+"""The shared tensor ops of minirlhf: masked statistics, token logprobs, entropy.
+
+Every reduction over response tokens goes through this file, so a padding bug can only live in one
+place. Response tensors are (B, T); `mask` is 1.0 (or True) on real tokens and 0 on padding.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
+    """sum_i x_i * m_i over `dim` (all dims when None)."""
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() if dim is None else (x * mask).sum(dim)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
+    """sum_i x_i m_i / sum_i m_i. An all-padding row gives 0, not NaN (the count is clamped at 1)."""
+    mask = mask.to(x.dtype)
+    count = mask.sum() if dim is None else mask.sum(dim)
+    return masked_sum(x, mask, dim) / count.clamp(min=1.0)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Variance of the real entries of x (over all of them).
+
+    unbiased=True multiplies by n/(n-1) (Bessel), as lm-human-preferences does for rewards;
+    advantage whitening uses unbiased=False (REFERENCES.md, item 9).
+    """
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    if unbiased:
+        n = mask.to(x.dtype).sum()
+        if n < 2:
+            raise ValueError("masked_var(unbiased=True) needs at least two unmasked entries")
+        var = var * n / (n - 1)
+    return var
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
+                  eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / sqrt(var + eps) with statistics over real entries only; padding is returned as 0.
+
+    shift_mean=False only rescales (x / std): used to scale rewards without moving their mean.
+    """
+    mean, var = masked_mean(x, mask), masked_var(x, mask, unbiased=False)
+    whitened = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask.to(x.dtype)
+
+
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(tokens) under softmax(logits); logits (..., V), tokens (...) -> (...).
+
+    Computed as gather(logits) - logsumexp(logits): the full (B, T, V) log-softmax is never kept,
+    only one number per token (this matters for memory at large vocabularies).
+    """
+    logits = logits.float()
+    picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def shifted_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """The one place where the logits at position i-1 score token i.
+
+    logits (B, T, V) from a forward pass over input_ids (B, T) -> (B, T-1) logprobs of tokens 1..T-1.
+    """
+    return logprobs_from_logits(logits[:, :-1], input_ids[:, 1:])
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """H = logsumexp(z) - sum_v softmax(z)_v z_v, per position; (..., V) -> (...)."""
+    logits = logits.float()
+    probs = F.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
+
+
+def last_true_index(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last nonzero entry of each row of a (B, T) mask (0 for an all-zero row).
+
+    Works for left padding, right padding or both: it is where a sequence score is read.
+    """
+    T = mask.shape[-1]
+    positions = torch.arange(T, device=mask.device).expand_as(mask)
+    return torch.where(mask.bool(), positions, torch.zeros_like(positions)).amax(-1)
