@@ -1,0 +1,177 @@
+"""Loading the data files of DESIGN.md ("Data files"), with every bad line reported as file:line.
+
+    texts     .txt, one document a line; or .jsonl {"text": str}
+    prompts   {"prompt": str}
+    pairs     {"prompt": str, "chosen": str, "rejected": str}, or full-text {"chosen", "rejected"}
+    rankings  {"query": str, "responses": [str, ...], "scores": [number, ...]}   (the RRHF format)
+
+Files are UTF-8 (a leading BOM is allowed); blank lines are skipped; fields other than these are
+ignored. A problem raises `InputError("file:line: what is wrong")` before any training starts.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import InputError, at
+
+
+@dataclass
+class Pair:
+    """One human comparison. prompt is "" for full-text pairs (the prompt is inside both texts)."""
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+@dataclass
+class Ranking:
+    """One query with K >= 2 responses and their scores (higher is better)."""
+    query: str
+    responses: list[str]
+    scores: list[float]
+
+
+def _lines(path):
+    """(line number, text) for each non-blank line; raises InputError for a missing or empty file."""
+    if not Path(path).is_file():
+        raise InputError(f"{path}: file not found")
+    out = []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise at(path, lineno, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
+            if lineno == 1:
+                line = line.lstrip("\ufeff")
+            line = line.rstrip("\r\n")
+            if line.strip():
+                out.append((lineno, line))
+    if not out:
+        raise InputError(f"{path}: no records")
+    return out
+
+
+def _records(path):
+    """(line number, dict) for each JSONL record."""
+    records = []
+    for lineno, line in _lines(path):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise at(path, lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise at(path, lineno, f"expected a JSON object, got {_type_name(obj)}")
+        records.append((lineno, obj))
+    return records
+
+
+def _type_name(value) -> str:
+    names = {type(None): "null", bool: "bool", int: "int", float: "float", str: "string",
+             list: "list", dict: "object"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _field(obj, key, path, lineno):
+    if key not in obj:
+        raise at(path, lineno, f"missing field '{key}'")
+    return obj[key]
+
+
+def _text(value, name, path, lineno, allow_empty=False) -> str:
+    """A string field; empty (or whitespace-only) is an error unless allow_empty."""
+    if not isinstance(value, str):
+        raise at(path, lineno, f"field {name} must be a string, got {_type_name(value)}")
+    if not allow_empty and not value.strip():
+        raise at(path, lineno, f"field {name} is empty")
+    return value
+
+
+def _list(value, name, path, lineno) -> list:
+    if not isinstance(value, list):
+        raise at(path, lineno, f"field {name} must be a list, got {_type_name(value)}")
+    return value
+
+
+def load_texts(path) -> list[str]:
+    """Pretraining documents: a .txt file (one document a line) or JSONL {"text": str}."""
+    if str(path).endswith(".txt"):
+        return [line for _, line in _lines(path)]
+    return [_text(_field(obj, "text", path, n), "'text'", path, n) for n, obj in _records(path)]
+
+
+def load_prompts(path) -> list[str]:
+    """RL prompts: JSONL {"prompt": str}, each non-empty."""
+    return [_text(_field(obj, "prompt", path, n), "'prompt'", path, n) for n, obj in _records(path)]
+
+
+def _pair(obj, path, lineno) -> Pair:
+    prompt = _text(obj.get("prompt", ""), "'prompt'", path, lineno, allow_empty=True)
+    chosen = _text(_field(obj, "chosen", path, lineno), "'chosen'", path, lineno)
+    rejected = _text(_field(obj, "rejected", path, lineno), "'rejected'", path, lineno)
+    return Pair(prompt, chosen, rejected)
+
+
+def _ranking(obj, path, lineno) -> Ranking:
+    query = _text(_field(obj, "query", path, lineno), "'query'", path, lineno, allow_empty=True)
+    responses = _list(_field(obj, "responses", path, lineno), "'responses'", path, lineno)
+    scores = _list(_field(obj, "scores", path, lineno), "'scores'", path, lineno)
+    if len(responses) < 2:
+        raise at(path, lineno, f"a ranking needs at least 2 responses, got {len(responses)}")
+    if len(responses) != len(scores):
+        raise at(path, lineno, f"{len(responses)} responses but {len(scores)} scores")
+    for k, response in enumerate(responses):
+        _text(response, f"'responses'[{k}]", path, lineno)
+    for k, score in enumerate(scores):
+        if isinstance(score, bool) or not isinstance(score, (int, float)):
+            raise at(path, lineno, f"field 'scores'[{k}] must be a number, got {_type_name(score)}")
+        if not math.isfinite(score):
+            raise at(path, lineno, f"field 'scores'[{k}] must be finite, got {score}")
+    return Ranking(query, list(responses), [float(s) for s in scores])
+
+
+def load_pairs(path) -> list[Pair]:
+    """Preference pairs: {"prompt", "chosen", "rejected"}; "prompt" may be absent (full-text pairs)."""
+    return [_pair(obj, path, n) for n, obj in _records(path)]
+
+
+def load_rankings(path) -> list[Ranking]:
+    """RRHF-style rankings: {"query", "responses", "scores"}, K >= 2, scores finite numbers."""
+    return [_ranking(obj, path, n) for n, obj in _records(path)]
+
+
+def load_preferences(path) -> list[Pair] | list[Ranking]:
+    """Pairs or rankings, whichever the first record is; every later record must be the same kind."""
+    records = _records(path)
+    lineno, first = records[0]
+    if "responses" in first:
+        parse = _ranking
+    elif "chosen" in first:
+        parse = _pair
+    else:
+        raise at(path, lineno, "expected a pair {prompt, chosen, rejected} or a ranking "
+                               f"{{query, responses, scores}}; got keys {sorted(first)}")
+    return [parse(obj, path, n) for n, obj in records]
+
+
+def train_val_split(items: list, val_fraction: float, seed: int) -> tuple[list, list]:
+    """Random (train, val) split, the same for the same seed; each part keeps the input order.
+
+    The validation part has round(len(items) * val_fraction) items, at least 1 if val_fraction > 0,
+    but training always keeps at least one item: a single item gives ([item], []).
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    n = len(items)
+    n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
+    n_val = min(n_val, max(n - 1, 0))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    val_idx = set(perm[:n_val])
+    train = [x for i, x in enumerate(items) if i not in val_idx]
+    val = [x for i, x in enumerate(items) if i in val_idx]
+    return train, val
