@@ -1,0 +1,125 @@
+"""The `minirlhf` command line. Every stage is `minirlhf <stage> --flags [--key=value ...]`.
+
+`--key=value` pairs override fields of the stage's config dataclass (`minirlhf <stage> --help` lists
+them with their docstrings); an unknown key is an error listing the valid ones. Bad input ends with one
+line on stderr (`file:line: what is wrong`) and exit status 2, before anything is overwritten.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from .config import apply_overrides, config_help
+from .errors import InputError
+
+
+def _training_parser(sub, name: str, help: str, config_cls, length_flag: str = "steps"):
+    p = sub.add_parser(name, help=help, description=help, epilog=config_help(config_cls),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="output directory (a self-contained model directory)")
+    p.add_argument("--seed", type=int, help="random seed (same seed, same numbers on CPU)")
+    p.add_argument("--device", help="cpu (default) or cuda (bf16 autocast)")
+    p.add_argument(f"--{length_flag}", type=int, dest=length_flag, help=f"number of {length_flag}")
+    p.add_argument("--save-every", type=int, dest="save_every", help="checkpoint every N (for --resume)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(config_cls=config_cls, length_flag=length_flag)
+    return p
+
+
+def _config_from_args(args, overrides):
+    """Config dataclass defaults <- --key=value overrides <- the named flags (--seed, --steps, ...)."""
+    config = apply_overrides(args.config_cls(), overrides)
+    named = {k: getattr(args, k) for k in ("seed", "device", "save_every", args.length_flag)
+             if getattr(args, k, None) is not None}
+    return apply_overrides(config, [f"--{k}={v}" for k, v in named.items()])
+
+
+def cmd_pretrain(args, overrides):
+    from .data import load_texts
+    from .sft import pretrain
+    from .tokenizer import Tokenizer
+    config = _config_from_args(args, overrides)
+    texts = load_texts(args.text)
+    tokenizer = Tokenizer.from_file(args.tokenizer) if args.tokenizer else None
+    pretrain(texts, args.out, config, tokenizer, resume=args.resume, overwrite=args.overwrite)
+    print(f"saved model to {args.out}")
+
+
+def cmd_sample(args, overrides):
+    import torch
+
+    from .model import GPT
+    from .runtime import resolve_device
+    from .sampling import generate
+    from .tokenizer import Tokenizer
+    if overrides:
+        raise InputError(f"sample takes no --key=value overrides, got {overrides[0]!r}")
+    tokenizer = Tokenizer.from_file(f"{args.model}/tokenizer.json")
+    model = GPT.from_pretrained(args.model).to(resolve_device(args.device)).eval()
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise InputError(f"{args.model}: tokenizer has {tokenizer.vocab_size} tokens but the model "
+                         f"{model.config.vocab_size}")
+    prompt = [tokenizer.bos_id] + tokenizer.encode(args.prompt)
+    room = model.config.block_size - args.max_new_tokens
+    if room < 1:
+        raise InputError(f"--max-new-tokens {args.max_new_tokens} leaves no room for a prompt "
+                         f"(block_size={model.config.block_size})")
+    if len(prompt) > room:  # keep the end of the prompt: it is what the continuation follows
+        warnings.warn(f"prompt of {len(prompt)} tokens cut to its last {room} to fit the context")
+        prompt = prompt[-room:]
+    out = generate(model, [prompt] * args.n, args.max_new_tokens, temperature=args.temperature,
+                   top_k=args.top_k, top_p=args.top_p, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                   generator=torch.Generator().manual_seed(args.seed))
+    for text in tokenizer.decode_batch(out.responses.tolist()):
+        print(args.prompt + text)
+
+
+def cmd_plot(args, overrides):
+    from .plots import plot_run
+    for path in plot_run(args.run):
+        print(path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .sft import PretrainConfig
+    parser = argparse.ArgumentParser(prog="minirlhf", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = _training_parser(sub, "pretrain", "train a tokenizer and a GPT-2 on text (the reference policy)",
+                         PretrainConfig)
+    p.add_argument("--text", required=True, help="a .txt (one document a line) or .jsonl ({\"text\": ...}) file")
+    p.add_argument("--tokenizer", help="an existing tokenizer.json to use instead of training one")
+    p.set_defaults(fn=cmd_pretrain)
+
+    p = sub.add_parser("sample", help="print continuations of a prompt from a model directory")
+    p.add_argument("--model", required=True, help="model directory (config.json, model.safetensors, tokenizer.json)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--n", type=int, default=4, help="number of samples")
+    p.add_argument("--max-new-tokens", type=int, default=48, dest="max_new_tokens")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, dest="top_k")
+    p.add_argument("--top-p", type=float, default=1.0, dest="top_p")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(fn=cmd_sample)
+
+    p = sub.add_parser("plot", help="plot a run's metrics.jsonl into its plots/ folder")
+    p.add_argument("--run", required=True, help="run or stage directory holding metrics.jsonl")
+    p.set_defaults(fn=cmd_plot)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    try:
+        args.fn(args, rest)
+    except InputError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"minirlhf {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,173 @@
+"""Pretraining / supervised fine-tuning: next-token prediction on texts. Its output is the reference policy.
+
+    loss = mean over real tokens t of  −log p(x_t | x_<t)        (each text is [bos] x_1 … x_n [eos])
+
+CPU: `minirlhf pretrain --text reviews.txt --out runs/lm` (a 4-layer, 256-wide GPT-2 learns Chinese
+review text in a few minutes). GPU: add `--device cuda` (bf16 autocast) and a bigger preset, e.g.
+`--n_layer=12 --n_embd=768 --n_head=12`.
+
+Simplifications: one document per row, right-padded within a batch (causal attention means real tokens
+never see the pads after them, so no attention mask is needed; pads are dropped from the loss). Texts
+longer than block_size are cut at the end. No packing, no gradient accumulation.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import save_json
+from .data import train_val_split
+from .model import GPT, GPTConfig
+from .optim import clip_grad, lr_at, make_adamw, set_lr
+from .plots import plot_run
+from .runtime import autocast, is_main_process, resolve_device, seed_everything
+from .tokenizer import Tokenizer
+from .tracking import MetricsLogger, check_finite, progress
+from .trainstate import load_checkpoint, prepare_out_dir, save_checkpoint, truncate_metrics
+
+
+@dataclass
+class PretrainConfig:
+    vocab_size: int = 3000
+    """Tokenizer vocabulary size when a tokenizer is trained here (ignored when one is given)."""
+    tokenizer_kind: str = "char"
+    """'char' (one token per character; right for Chinese) or 'bpe' (byte-level BPE, as GPT-2)."""
+    n_layer: int = 4
+    """Transformer blocks."""
+    n_head: int = 4
+    """Attention heads."""
+    n_embd: int = 256
+    """Model width."""
+    block_size: int = 96
+    """Context length in tokens; longer texts are cut."""
+    dropout: float = 0.0
+    """Dropout during pretraining."""
+    steps: int = 600
+    """Optimizer steps."""
+    batch_size: int = 32
+    """Texts per step."""
+    lr: float = 2e-3
+    """Peak learning rate (AdamW)."""
+    warmup_steps: int = 30
+    """Linear warm-up steps."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at lr·min_lr_ratio."""
+    weight_decay: float = 0.1
+    """AdamW weight decay on matrices."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip (0 disables)."""
+    val_fraction: float = 0.05
+    """Share of texts held out for the validation loss."""
+    eval_every: int = 100
+    """Steps between validation losses (and at the last step)."""
+    seed: int = 0
+    """Seed for initialisation, data order and the split."""
+    device: str = "cpu"
+    """cpu or cuda (bf16 autocast)."""
+    save_every: int = 0
+    """Steps between resumable checkpoints (0: only at the end)."""
+
+
+def encode_texts(tokenizer: Tokenizer, texts: list[str], block_size: int) -> list[list[int]]:
+    """Each text -> [bos] + encode(text) + [eos], cut to block_size tokens."""
+    return [([tokenizer.bos_id] + ids + [tokenizer.eos_id])[:block_size]
+            for ids in tokenizer.encode_batch(texts)]
+
+
+def collate(docs: list[list[int]], pad_id: int) -> torch.Tensor:
+    """Right-pad token lists into a (B, T) tensor."""
+    T = max(len(d) for d in docs)
+    out = torch.full((len(docs), T), pad_id, dtype=torch.long)
+    for i, d in enumerate(docs):
+        out[i, :len(d)] = torch.as_tensor(d)
+    return out
+
+
+def lm_loss(model: GPT, ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Mean next-token cross-entropy over real target tokens of a right-padded batch."""
+    logits = model(ids[:, :-1])
+    targets = ids[:, 1:].masked_fill(ids[:, 1:] == pad_id, -100)
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+
+
+@torch.no_grad()
+def evaluate_loss(model: GPT, docs: list[list[int]], pad_id: int, device, batch_size: int = 64) -> float:
+    """Token-weighted mean loss over `docs`."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(docs), batch_size):
+        ids = collate(docs[i:i + batch_size], pad_id).to(device)
+        n = int((ids[:, 1:] != pad_id).sum())
+        with autocast(device):
+            total += lm_loss(model, ids, pad_id).item() * n
+        count += n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def pretrain(texts: list[str], out_dir, config: PretrainConfig, tokenizer: Tokenizer | None = None,
+             resume: bool = False, overwrite: bool = False, show_progress: bool = True):
+    """Train a tokenizer (unless given) and a GPT on `texts`; write a self-contained model directory.
+
+    Returns (model, tokenizer). The directory holds config.json, model.safetensors, tokenizer.json,
+    metrics.jsonl (one row per step), plots/ and checkpoints/ for --resume.
+    """
+    out = Path(out_dir)
+    ckpt = prepare_out_dir(out, resume, overwrite)
+    device = resolve_device(config.device)
+    gen = seed_everything(config.seed)
+    if ckpt is not None:
+        tokenizer = Tokenizer.from_file(out / "tokenizer.json")
+    elif tokenizer is None:
+        tokenizer = Tokenizer.train(texts, config.vocab_size, kind=config.tokenizer_kind)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(out / "tokenizer.json")
+    save_json(out / "train_config.json", asdict(config))
+
+    train_texts, val_texts = train_val_split(texts, config.val_fraction, config.seed)
+    train_docs = encode_texts(tokenizer, train_texts, config.block_size)
+    val_docs = encode_texts(tokenizer, val_texts, config.block_size)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, n_layer=config.n_layer, n_head=config.n_head,
+                          n_embd=config.n_embd, block_size=config.block_size, dropout=config.dropout)).to(device)
+    optimizer = make_adamw(model, config.lr, config.weight_decay)
+    start = 0
+    if ckpt is not None:
+        start, _ = load_checkpoint(ckpt, {"model": model}, optimizer, {"data": gen})
+    truncate_metrics(out / "metrics.jsonl", "step", start)  # rows logged after the checkpoint are redone
+    logger = MetricsLogger(out / "metrics.jsonl", enabled=is_main_process())
+    bar = progress(config.steps, start, "pretrain", show_progress and is_main_process())
+    model.train()
+    t0 = time.time()
+    for step in range(start, config.steps):
+        lr = lr_at(step, config.steps, config.lr, config.warmup_steps, "cosine", config.min_lr_ratio)
+        set_lr(optimizer, lr)
+        idx = torch.randint(len(train_docs), (config.batch_size,), generator=gen).tolist()
+        ids = collate([train_docs[i] for i in idx], tokenizer.pad_id).to(device)
+        with autocast(device):
+            loss = lm_loss(model, ids, tokenizer.pad_id)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = clip_grad(model, config.grad_clip)
+        row = {"step": step + 1, "train/loss": loss.item(), "train/grad_norm": grad_norm, "train/lr": lr,
+               "time/elapsed_s": time.time() - t0}
+        check_finite(row, step + 1, ["train/loss", "train/grad_norm"])
+        optimizer.step()
+        if val_docs and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps):
+            row["val/loss"] = evaluate_loss(model, val_docs, tokenizer.pad_id, device)
+        logger.log(row)
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['train/loss']:.3f}")
+        if config.save_every and (step + 1) % config.save_every == 0 and is_main_process():
+            save_checkpoint(out, step + 1, {"model": model}, optimizer, {"data": gen}, {})
+    bar.close()
+    model.eval()
+    if is_main_process():
+        model.save_pretrained(out, tokenizer)
+        save_checkpoint(out, config.steps, {"model": model}, optimizer, {"data": gen}, {})
+        plot_run(out)
+    return model, tokenizer

@@ -1,0 +1,101 @@
+"""Tokenizers built on the Hugging Face `tokenizers` library, saved as a standard tokenizer.json.
+
+Two kinds:
+  * "char": one token per character, the right choice for Chinese. The vocabulary is the most frequent
+    characters of the training text; any other character falls back to its UTF-8 bytes (`<0xE4>` ...),
+    so every string round-trips exactly. Technically a BPE model with no merges and byte fallback.
+  * "bpe": byte-level BPE, exactly GPT-2's scheme, trained with the library's BpeTrainer.
+
+Special tokens are distinct (REFERENCES.md item 2: PAD must not be EOS, or masking PAD hides EOS and the
+model never learns to stop): `<pad>`=0, `<bos>`=1, `<eos>`=2. `encode` adds none of them; a training text
+is `[bos] + encode(text) + [eos]` and a prompt is `[bos] + encode(prompt)`.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Iterable
+
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from .errors import InputError
+
+PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
+SPECIALS = [PAD, BOS, EOS]
+BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
+
+
+class Tokenizer:
+    def __init__(self, tok: HFTokenizer):
+        self.tok = tok
+        ids = [tok.token_to_id(t) for t in SPECIALS]
+        if None in ids:
+            raise InputError(f"tokenizer has no {SPECIALS[ids.index(None)]} token")
+        self.pad_id, self.bos_id, self.eos_id = ids
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int, kind: str = "char") -> "Tokenizer":
+        texts = list(texts)
+        if kind == "char":
+            tok = _train_char(texts, vocab_size)
+        elif kind == "bpe":
+            tok = _train_bpe(texts, vocab_size)
+        else:
+            raise ValueError(f"kind must be 'char' or 'bpe', got {kind!r}")
+        return cls(tok)
+
+    @classmethod
+    def from_file(cls, path) -> "Tokenizer":
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"{path}: file not found")
+        try:
+            return cls(HFTokenizer.from_file(str(path)))
+        except Exception as e:  # the library raises a bare Exception on malformed files
+            raise InputError(f"{path}: not a valid tokenizer.json ({str(e).splitlines()[0]})") from None
+
+    def save(self, path):
+        from .checkpoint import atomic_write
+        atomic_write(path, lambda tmp: self.tok.save(tmp))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def decode_batch(self, batch, skip_special_tokens: bool = True) -> list[str]:
+        return self.tok.decode_batch([[int(i) for i in ids] for ids in batch],
+                                     skip_special_tokens=skip_special_tokens)
+
+
+def _train_char(texts: list[str], vocab_size: int) -> HFTokenizer:
+    n_chars = vocab_size - len(SPECIALS) - len(BYTE_TOKENS)
+    if n_chars < 1:
+        raise ValueError(f"vocab_size={vocab_size} leaves no room for characters "
+                         f"(3 special + 256 byte-fallback tokens come first)")
+    counts = Counter(ch for text in texts for ch in text)
+    chars = [ch for ch, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n_chars]]
+    vocab = {t: i for i, t in enumerate(SPECIALS + BYTE_TOKENS + chars)}
+    tok = HFTokenizer(models.BPE(vocab=vocab, merges=[], byte_fallback=True, fuse_unk=False))
+    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
+    tok.add_special_tokens(SPECIALS)
+    return tok
+
+
+def _train_bpe(texts: list[str], vocab_size: int) -> HFTokenizer:
+    tok = HFTokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok

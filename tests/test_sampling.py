@@ -1,0 +1,131 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minirlhf import generate
+from minirlhf.sampling import filter_logits, left_pad, sample_next
+
+
+def uncached_generate(model, prompts, max_new_tokens, temperature, top_k, top_p, eos_id, generator, pad_id=0):
+    """The reference: re-run the whole sequence through the model for every new token."""
+    ids, mask = left_pad(prompts, pad_id)
+    B = ids.shape[0]
+    finished = torch.zeros(B, dtype=torch.bool)
+    toks, lps, rmask = [], [], []
+    for _ in range(max_new_tokens):
+        logits = model(ids, mask)[:, -1]
+        tok, lp = sample_next(logits, temperature, top_k, top_p, generator)
+        tok = torch.where(finished, pad_id, tok)
+        toks.append(tok), lps.append(torch.where(finished, 0.0, lp)), rmask.append((~finished).long())
+        ids = torch.cat([ids, tok[:, None]], 1)
+        mask = torch.cat([mask, rmask[-1][:, None]], 1)
+        if eos_id is not None:
+            finished |= tok == eos_id
+            if finished.all():
+                break
+    return ids, torch.stack(lps, 1), torch.stack(rmask, 1)
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 10, 1.0), (1.3, 0, 0.8)])
+def test_cached_equals_uncached(tiny_gpt, temperature, top_k, top_p):
+    prompts = [[1, 5, 6, 7, 8], [1, 9], [1, 3, 4]]
+    kw = dict(temperature=temperature, top_k=top_k, top_p=top_p, eos_id=2)
+    out = generate(tiny_gpt, prompts, 20, generator=torch.Generator().manual_seed(3), **kw)
+    ids, lps, rmask = uncached_generate(tiny_gpt, prompts, 20, generator=torch.Generator().manual_seed(3), **kw)
+    assert torch.equal(out.sequences, ids)
+    assert torch.equal(out.response_mask, rmask)
+    torch.testing.assert_close(out.logprobs, lps, atol=1e-5, rtol=0)
+
+
+def test_logprobs_are_of_the_tempered_distribution(tiny_gpt):
+    prompts = [[1, 4, 5], [1, 6]]
+    T = 0.6
+    out = generate(tiny_gpt, prompts, 6, temperature=T, generator=torch.Generator().manual_seed(0))
+    logits = tiny_gpt(out.sequences, out.attention_mask)[:, out.prompt_len - 1:-1] / T
+    expected = F.log_softmax(logits, -1).gather(-1, out.responses[..., None]).squeeze(-1)
+    torch.testing.assert_close(out.logprobs, expected, atol=1e-5, rtol=0)
+
+
+def test_padded_row_samples_as_if_alone(tiny_gpt):
+    """Row 0 is left-padded by 6 next to a longer prompt; its logprobs equal those of its own tokens
+    scored without any padding."""
+    out = generate(tiny_gpt, [[1, 7, 8], [1, 2, 3, 4, 5, 6, 7, 8, 9]], 10,
+                   generator=torch.Generator().manual_seed(5))
+    row = out.sequences[0, 6:][None]                                   # drop the 6 pads
+    logits = tiny_gpt(row)[:, 2:-1]                                    # positions predicting the response
+    expected = F.log_softmax(logits, -1).gather(-1, row[:, 3:, None]).squeeze(-1)
+    torch.testing.assert_close(out.logprobs[:1], expected, atol=1e-5, rtol=0)
+
+
+def test_eos_rows_stop_and_are_masked(tiny_gpt):
+    """Hot sampling makes EOS turn up in some rows: after it come pads, mask 0 and logprob 0."""
+    eos, pad = 2, 0
+    out = generate(tiny_gpt, [[1, 5]] * 16, 30, eos_id=eos, generator=torch.Generator().manual_seed(0),
+                   temperature=3.0)
+    resp, m = out.responses, out.response_mask
+    finished_rows = 0
+    for row in range(16):
+        hits = (resp[row] == eos).nonzero()
+        if len(hits):
+            finished_rows += 1
+            k = hits[0].item()
+            assert m[row, :k + 1].eq(1).all() and m[row, k + 1:].eq(0).all()  # EOS itself is kept
+            assert resp[row, k + 1:].eq(pad).all() and out.logprobs[row, k + 1:].eq(0).all()
+        else:
+            assert m[row].eq(1).all()
+    assert 0 < finished_rows < 16
+    assert torch.equal(out.attention_mask[:, out.prompt_len:], m)
+
+
+def test_stops_early_when_all_rows_finish(tiny_gpt):
+    """A model that always says EOS: one step, then generation ends for the whole batch."""
+    with torch.no_grad():
+        tiny_gpt.transformer.ln_f.weight.zero_()
+        tiny_gpt.transformer.ln_f.bias.copy_(tiny_gpt.transformer.wte.weight[2] * 1e4)
+    out = generate(tiny_gpt, [[1, 5], [1, 6, 7]], 40, eos_id=2, generator=torch.Generator())
+    assert out.sequences.shape == (2, 4) and out.responses[:, 0].eq(2).all()
+    assert out.response_mask.eq(1).all()
+
+
+def test_seeded_generation_is_reproducible(tiny_gpt):
+    a = generate(tiny_gpt, [[1, 4]] * 3, 8, generator=torch.Generator().manual_seed(9))
+    b = generate(tiny_gpt, [[1, 4]] * 3, 8, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(a.sequences, b.sequences)
+
+
+def test_top_k_support():
+    logits = torch.tensor([[1.0, 5.0, 3.0, 4.0, 2.0]])
+    kept = torch.isfinite(filter_logits(logits, top_k=2))
+    assert kept.tolist() == [[False, True, False, True, False]]
+
+
+def test_top_p_support_hand_built():
+    probs = torch.tensor([[0.05, 0.5, 0.25, 0.15, 0.05]])
+    logits = probs.log()
+    # sorted: .5, .25, .15, .05, .05 ; cumulative .5, .75, .9 -> top_p=0.7 keeps {.5, .25}
+    assert torch.isfinite(filter_logits(logits, top_p=0.7)).tolist() == [[False, True, True, False, False]]
+    assert torch.isfinite(filter_logits(logits, top_p=0.75 + 1e-4)).tolist() == [[False, True, True, True, False]]
+    # the most likely token is always kept
+    assert torch.isfinite(filter_logits(logits, top_p=0.01)).tolist() == [[False, True, False, False, False]]
+    # top-k then top-p compose
+    assert torch.isfinite(filter_logits(logits, top_k=1, top_p=0.99)).sum() == 1
+
+
+def test_filtered_logprobs_renormalise():
+    logits = torch.randn(4, 30)
+    tok, lp = sample_next(logits, 1.0, 5, 1.0, torch.Generator().manual_seed(0))
+    kept = torch.topk(logits, 5).values
+    expected = logits.gather(-1, tok[:, None]).squeeze(-1) - torch.logsumexp(kept, -1)
+    torch.testing.assert_close(lp, expected)
+    assert all(t in set(torch.topk(logits[i], 5).indices.tolist()) for i, t in enumerate(tok.tolist()))
+
+
+def test_bad_arguments(tiny_gpt):
+    with pytest.raises(ValueError, match="block_size"):
+        generate(tiny_gpt, [[1] * 40], 20)
+    with pytest.raises(ValueError, match="temperature"):
+        generate(tiny_gpt, [[1]], 2, temperature=0)
+    with pytest.raises(ValueError, match="at least one token"):
+        generate(tiny_gpt, [[]], 2)
