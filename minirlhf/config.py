@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import types
 import typing
 
 from .errors import InputError
@@ -32,7 +33,7 @@ def field_docs(cls) -> dict[str, str]:
 
 def _parse_value(text: str, typ, name: str):
     origin = typing.get_origin(typ)
-    if origin is typing.Union:  # Optional[X]
+    if origin in (typing.Union, types.UnionType):  # Optional[X] or X | None
         if text.lower() in ("none", "null", ""):
             return None
         typ = next(a for a in typing.get_args(typ) if a is not type(None))

@@ -1,0 +1,305 @@
+"""PPO for language models: the loop of Ziegler et al. 2019 and Stiennon et al. 2020.
+
+One iteration of `PPOTrainer.step(prompts)`:
+    1. rollout   sample responses with the KV-cache sampler; recompute logprobs (same temperature),
+                 values, and the frozen reference's logprobs; score prompt ⊕ response
+    2. shaping   r_t = −β·KL_t on every response token, plus the score on the last real one (EOS)
+    3. GAE       δ_t = r_t + γV_{t+1} − V_t,  A_t = δ_t + γλA_{t+1};  returns = A + V; whiten A
+    4. update    ppo_epochs × num_minibatches of the clipped policy loss + vf_coef × clipped value loss
+
+CPU: `minirlhf ppo --prompts p.jsonl --init runs/x/sft --reward runs/x/reward --out runs/x/policy`.
+GPU: add `--device cuda` (bf16 autocast). Every choice on which the papers differ is a config field,
+with the default stated in its docstring. Simplifications: one process per rollout batch (no
+asynchronous generation), no reward-model ensembles, responses are right-padded after EOS.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .losses import ppo_policy_loss, ppo_value_loss
+from .model import GPT, RewardModel
+from .ops import last_true_index, masked_mean, masked_var, masked_whiten
+from .optim import clip_grad, lr_at, make_adamw, set_lr
+from .rollout import ActorCritic, Rollout, apply_missing_eos_penalty, score, sequence_logprobs
+from .runtime import autocast
+from .sampling import generate
+
+
+# ---------------------------------------------------------------- the algorithm core: pure functions
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(π ‖ π_ref) from tokens sampled from π (http://joschu.net/blog/kl-approx.html).
+
+    With log r = log π_ref − log π:
+      k1 = −log r                 unbiased, high variance, can be negative per token (the default, as in
+                                  lm-human-preferences and TRL)
+      k2 = ½ (log r)²             biased, low variance, ≥ 0
+      k3 = (r − 1) − log r        unbiased, low variance, ≥ 0 (GRPO's choice)
+    """
+    log_r = ref_logprobs - logprobs
+    if estimator == "k1":
+        return -log_r
+    if estimator == "k2":
+        return 0.5 * log_r ** 2
+    if estimator == "k3":
+        return torch.expm1(log_r) - log_r
+    raise ValueError(f"estimator must be k1, k2 or k3, got {estimator!r}")
+
+
+def shape_rewards(scores, logprobs, ref_logprobs, mask, kl_coef: float, estimator: str = "k1"):
+    """r_t = −β·KL_t for every real response token, and + score at the last real one.
+
+    The last real token is the EOS when the response produced one, else the final token; never a pad
+    (trl #1893). Returns (rewards, kl), both (B, N) and zero on padding.
+    """
+    mask = mask.to(logprobs.dtype)
+    kl = kl_penalty(logprobs, ref_logprobs, estimator) * mask
+    rewards = -kl_coef * kl
+    last = last_true_index(mask)
+    rewards[torch.arange(len(scores), device=scores.device), last] += scores
+    return rewards, kl
+
+
+def compute_gae(rewards, values, mask, gamma: float = 1.0, lam: float = 0.95):
+    """Generalised advantage estimation (Schulman et al. 2016) over right-padded (B, T) responses.
+
+        δ_t = r_t + γ·V_{t+1}·m_{t+1} − V_t,     A_t = δ_t + γλ·A_{t+1}·m_{t+1}
+
+    V and A beyond the last real token count as 0 (the episode has ended), so padding changes nothing.
+    Returns (advantages, returns) with returns = A + V, both zero on padding.
+    """
+    mask = mask.to(values.dtype)
+    values = values * mask
+    T = rewards.shape[1]
+    advantages = torch.zeros_like(rewards)
+    next_adv = torch.zeros_like(rewards[:, 0])
+    next_value = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(T)):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_adv = (delta + gamma * lam * next_adv) * mask[:, t]
+        advantages[:, t] = next_adv
+        next_value = values[:, t]
+    return advantages, (advantages + values) * mask
+
+
+class FixedKLController:
+    """β stays at kl_coef."""
+
+    def __init__(self, kl_coef: float):
+        self.value = kl_coef
+
+    def update(self, current_kl: float, n_steps: int):
+        pass
+
+
+class AdaptiveKLController:
+    """Ziegler et al. 2019: β ← β·(1 + clip((KL − target)/target, −0.2, 0.2)·n/horizon).
+
+    KL is the mean over sequences of the summed per-token KL; n is the number of samples this update.
+    """
+
+    def __init__(self, init_kl_coef: float, target: float, horizon: int):
+        self.value, self.target, self.horizon = init_kl_coef, target, horizon
+
+    def update(self, current_kl: float, n_steps: int):
+        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_steps / self.horizon
+
+
+@dataclass
+class PPOConfig:
+    max_new_tokens: int = 24
+    """Response length cap (tokens)."""
+    temperature: float = 1.0
+    """Sampling temperature; logprobs are always recomputed at the same temperature."""
+    eos_id: int | None = None
+    """EOS token id: responses stop there. None: fixed-length responses."""
+    pad_id: int = 0
+    """PAD token id (must differ from eos_id)."""
+    batch_size: int = 64
+    """Rollouts per iteration."""
+    ppo_epochs: int = 4
+    """Passes over each rollout batch, a fresh permutation each."""
+    num_minibatches: int = 4
+    """Minibatches per epoch (optimizer steps per epoch)."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per minibatch (same result, less memory)."""
+    lr: float = 1e-4
+    """Adam learning rate (eps 1e-5, REFERENCES.md item 12)."""
+    lr_schedule: str = "linear"
+    """'linear' decay to 0 over `iterations`, or 'constant'."""
+    iterations: int = 100
+    """Iterations of a run (`minirlhf ppo --iterations`); the linear LR decay spans them (0: constant)."""
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clip."""
+    kl_coef: float = 0.1
+    """β (initial β when adaptive_kl)."""
+    adaptive_kl: bool = False
+    """Ziegler's proportional controller towards kl_target."""
+    kl_target: float = 6.0
+    """Target KL (nats per sequence) for the adaptive controller."""
+    kl_horizon: int = 10000
+    """Controller horizon in samples."""
+    kl_estimator: str = "k1"
+    """k1 (default, as lm-human-preferences), k2 or k3 — see kl_penalty."""
+    gamma: float = 1.0
+    """Discount."""
+    lam: float = 0.95
+    """GAE λ."""
+    cliprange: float = 0.2
+    """PPO policy ratio clip ε."""
+    cliprange_value: float = 0.2
+    """Value clip around the rollout's values."""
+    vf_coef: float = 0.1
+    """Weight of the value loss."""
+    whiten_advantages: bool = True
+    """Whiten advantages over the whole rollout batch (masked, unbiased=False)."""
+    scale_rewards: bool = False
+    """Divide shaped rewards by their std (mean kept) before GAE."""
+    missing_eos_penalty: float | None = None
+    """If set, the score of a response without EOS is replaced by this value."""
+    value_model: str = "shared"
+    """'shared' (value head on the policy trunk) or 'separate' (critic trunk from the reward model)."""
+    seed: int = 0
+    """Seed for prompt order, sampling and minibatch order."""
+    device: str = "cpu"
+    """cpu or cuda (bf16 autocast)."""
+    save_every: int = 0
+    """Iterations between resumable checkpoints (0: only at the end)."""
+
+
+class PPOTrainer:
+    """PPO on a GPT policy against a RewardModel or any `fn(sequences, response_mask) -> (B,) scores`."""
+
+    def __init__(self, policy: GPT, ref_policy: GPT, reward, config: PPOConfig,
+                 generator: torch.Generator | None = None):
+        if config.eos_id is not None and config.eos_id == config.pad_id:
+            raise ValueError("pad_id must differ from eos_id, or masking PAD also masks EOS")
+        self.config = config
+        self.device = next(policy.parameters()).device
+        self.model = ActorCritic.build(policy, config.value_model, reward).to(self.device)
+        self.ref_policy, self.reward = ref_policy, reward
+        for m in (self.model, ref_policy) + ((reward,) if isinstance(reward, torch.nn.Module) else ()):
+            m.eval()  # dropout off everywhere (REFERENCES.md item 11); gradients still flow
+        for p in ref_policy.parameters():
+            p.requires_grad_(False)
+        self.optimizer = make_adamw(self.model, config.lr, weight_decay=0.0, eps=1e-5, betas=(0.9, 0.999))
+        self.kl_ctl = (AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
+                       if config.adaptive_kl else FixedKLController(config.kl_coef))
+        self.generator = generator or torch.Generator().manual_seed(config.seed)
+        self.iteration = 0
+        self.timing: dict[str, float] = {}
+
+    # ------------------------------------------------------------ 1. rollout
+    @torch.no_grad()
+    def rollout(self, prompts: list[list[int]]) -> Rollout:
+        c = self.config
+        gen = generate(self.model.policy, prompts, c.max_new_tokens, temperature=c.temperature,
+                       eos_id=c.eos_id, pad_id=c.pad_id, generator=self.generator)
+        seq, attn, P = gen.sequences, gen.attention_mask, gen.prompt_len
+        mask = gen.response_mask.float()
+        t0 = time.perf_counter()
+        with autocast(self.device):
+            logprobs, entropy, values = self.model(seq, attn, P, c.temperature, with_entropy=True)
+            self.timing["time/policy_forward_s"] = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            ref_logprobs = sequence_logprobs(self.ref_policy, seq, attn, P, c.temperature)
+            self.timing["time/reference_s"] = time.perf_counter() - t1
+            t2 = time.perf_counter()
+            scores = score(self.reward, seq, attn, mask)
+            self.timing["time/scoring_s"] = time.perf_counter() - t2
+        scores = apply_missing_eos_penalty(scores, gen.responses, c.eos_id, c.missing_eos_penalty)
+        return Rollout(seq, attn, mask, P, logprobs * mask, ref_logprobs * mask, values * mask,
+                       scores, entropy)
+
+    # ------------------------------------------------------------ 4. update
+    def _minibatch_loss(self, mb: Rollout, advantages, returns, n_micro: int):
+        c = self.config
+        with autocast(self.device):
+            logprobs, values = self.model(mb.sequences, mb.attention_mask, mb.prompt_len, c.temperature)
+        pg_loss, pg_stats = ppo_policy_loss(logprobs, mb.logprobs, advantages, mb.response_mask, c.cliprange)
+        vf_loss, vf_stats = ppo_value_loss(values, mb.values, returns, mb.response_mask, c.cliprange_value)
+        loss = pg_loss + c.vf_coef * vf_loss
+        (loss / n_micro).backward()
+        return {"ppo/policy_loss": pg_loss.detach(), "ppo/value_loss": vf_loss.detach(), **{
+            f"ppo/{k}": v for k, v in {**pg_stats, **vf_stats}.items()}}
+
+    def update(self, ro: Rollout, advantages, returns) -> dict:
+        c = self.config
+        B = ro.sequences.shape[0]
+        if B % (c.num_minibatches * c.gradient_accumulation_steps):
+            raise ValueError(f"batch of {B} does not split into {c.num_minibatches} minibatches × "
+                             f"{c.gradient_accumulation_steps} micro-batches")
+        mb_size = B // c.num_minibatches
+        micro = mb_size // c.gradient_accumulation_steps
+        stats: dict[str, list] = {}
+        for _ in range(c.ppo_epochs):
+            perm = torch.randperm(B, generator=self.generator).to(self.device)
+            for start in range(0, B, mb_size):
+                self.optimizer.zero_grad(set_to_none=True)
+                for m in range(start, start + mb_size, micro):
+                    idx = perm[m:m + micro]
+                    s = self._minibatch_loss(ro.minibatch(idx), advantages[idx], returns[idx],
+                                             c.gradient_accumulation_steps)
+                    for k, v in s.items():
+                        stats.setdefault(k, []).append(v)
+                stats.setdefault("ppo/grad_norm", []).append(torch.tensor(clip_grad(self.model, c.max_grad_norm)))
+                self.optimizer.step()
+        return {k: torch.stack(v).float().mean().item() for k, v in stats.items()} | {
+            "ppo/first_ratio_mean": stats["ppo/ratio_mean"][0].item(),
+            "ppo/first_approx_kl": stats["ppo/approx_kl"][0].item()}
+
+    # ------------------------------------------------------------ one iteration
+    def step(self, prompts: list[list[int]]) -> dict:
+        c = self.config
+        if c.iterations and c.lr_schedule == "linear":
+            set_lr(self.optimizer, lr_at(self.iteration, c.iterations, c.lr, schedule="linear", min_ratio=0.0))
+        self.timing = {}
+        t0 = time.perf_counter()
+        ro = self.rollout(prompts)
+        rollout_s = time.perf_counter() - t0
+        self.timing["time/generate_s"] = rollout_s - sum(self.timing.values())
+        # 2. shaping and 3. GAE, on the rollout's tensors (no gradient)
+        beta = self.kl_ctl.value
+        rewards, kl = shape_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, ro.response_mask, beta,
+                                    c.kl_estimator)
+        if c.scale_rewards:
+            rewards = masked_whiten(rewards, ro.response_mask, shift_mean=False)
+        advantages, returns = compute_gae(rewards, ro.values, ro.response_mask, c.gamma, c.lam)
+        if c.whiten_advantages:
+            advantages = masked_whiten(advantages, ro.response_mask)
+        t1 = time.perf_counter()
+        stats = self.update(ro, advantages, returns)
+        update_s = time.perf_counter() - t1
+        kl_per_seq = kl.sum(-1).mean().item()
+        self.kl_ctl.update(kl_per_seq, len(prompts))
+        self.iteration += 1
+        m = ro.response_mask
+        return {
+            "iteration": self.iteration,
+            "env/reward_mean": ro.scores.mean().item(), "env/reward_std": ro.scores.std().item(),
+            "objective/kl": kl_per_seq, "objective/kl_coef": beta,
+            "objective/entropy": masked_mean(ro.entropy, m).item(),
+            "objective/non_score_reward": (-beta * kl).sum(-1).mean().item(),
+            "ppo/returns_mean": masked_mean(returns, m).item(),
+            "ppo/advantages_mean": masked_mean(advantages, m).item(),
+            "ppo/explained_variance": explained_variance(ro.values, returns, m),
+            **stats,
+            "tokens/response_len": m.sum(-1).mean().item(),
+            "time/rollout_s": rollout_s, "time/update_s": update_s, **self.timing,
+        }
+
+    def state_dict(self) -> dict:
+        return {"iteration": self.iteration, "kl_coef": self.kl_ctl.value}
+
+    def load_state_dict(self, state: dict):
+        self.iteration, self.kl_ctl.value = state["iteration"], state["kl_coef"]
+
+
+def explained_variance(values, returns, mask) -> float:
+    """1 − Var[returns − V] / Var[returns] over real tokens: 1 is a perfect critic, ≤ 0 a useless one."""
+    var = masked_var(returns, mask, unbiased=False)
+    return (1 - masked_var(returns - values, mask, unbiased=False) / var.clamp(min=1e-8)).item()

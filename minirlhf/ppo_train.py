@@ -1,0 +1,107 @@
+"""The PPO run: load the models, loop `PPOTrainer.step` over a prompt pool, log, checkpoint, save.
+
+CPU: `minirlhf ppo --prompts prompts.jsonl --init runs/x/sft --reward runs/x/reward --out runs/x/policy`
+GPU: add `--device cuda`. Config: `--key=value` for any PPOConfig field (`minirlhf ppo --help`).
+
+The output directory is a self-contained policy: config.json + model.safetensors (HF GPT-2 format),
+tokenizer.json, value_head.safetensors (and critic/ when value_model=separate), metrics.jsonl with one
+row per iteration, plots/, and checkpoints/ for --resume.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from .checkpoint import save_json
+from .errors import InputError
+from .model import GPT, RewardModel
+from .plots import plot_run
+from .ppo import PPOConfig, PPOTrainer
+from .runtime import is_main_process, resolve_device, seed_everything
+from .tokenizer import Tokenizer
+from .tracking import MetricsLogger, check_finite, progress
+from .trainstate import load_checkpoint, prepare_out_dir, save_checkpoint, truncate_metrics
+
+
+def encode_prompts(tokenizer: Tokenizer, prompts: list[str], max_len: int) -> list[list[int]]:
+    """[bos] + encode(prompt), keeping the last `max_len` tokens of a prompt that is too long (one warning)."""
+    encoded = [[tokenizer.bos_id] + ids for ids in tokenizer.encode_batch(prompts)]
+    too_long = sum(len(p) > max_len for p in encoded)
+    if too_long:
+        warnings.warn(f"{too_long} prompt(s) longer than {max_len} tokens were cut to their last {max_len}")
+    return [p[-max_len:] for p in encoded]
+
+
+def load_policy_and_reward(init_dir, reward_dir, device):
+    """(tokenizer, policy, frozen reference, reward model), checking that they share one vocabulary."""
+    tokenizer = Tokenizer.from_file(Path(init_dir) / "tokenizer.json")
+    policy = GPT.from_pretrained(init_dir).to(device)
+    ref = GPT.from_pretrained(init_dir).to(device)
+    reward = RewardModel.from_pretrained(reward_dir).to(device)
+    for name, cfg in (("--init", policy.config), ("--reward", reward.config)):
+        if cfg.vocab_size != tokenizer.vocab_size:
+            raise InputError(f"{name}: model has {cfg.vocab_size} tokens but {init_dir}/tokenizer.json has "
+                             f"{tokenizer.vocab_size}")
+    reward_tok = Path(reward_dir) / "tokenizer.json"
+    if reward_tok.exists() and Tokenizer.from_file(reward_tok).tok.to_str() != tokenizer.tok.to_str():
+        raise InputError(f"{reward_tok}: the reward model was trained with a different tokenizer than {init_dir}")
+    return tokenizer, policy, ref, reward
+
+
+def save_policy(trainer: PPOTrainer, out_dir, tokenizer: Tokenizer):
+    out = Path(out_dir)
+    trainer.model.policy.save_pretrained(out, tokenizer)
+    trainer.model.value_head.save(out)
+    if trainer.model.critic is not None:
+        trainer.model.critic.save_pretrained(out / "critic")
+
+
+def train_ppo(prompts: list[str], init_dir, reward_dir, out_dir, config: PPOConfig, resume: bool = False,
+              overwrite: bool = False, reward_fn=None, show_progress: bool = True, on_iteration=None):
+    """Run `config.iterations` PPO iterations; returns the trainer (its .model.policy is the new policy).
+
+    `reward_fn` replaces the reward model with any callable fn(sequences, response_mask) -> scores.
+    `on_iteration(trainer, row)` is called after each logged iteration (used by the demo's evaluations).
+    """
+    out = Path(out_dir)
+    ckpt = prepare_out_dir(out, resume, overwrite)
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    tokenizer, policy, ref, reward = load_policy_and_reward(init_dir, reward_dir, device)
+    config = replace(config, eos_id=tokenizer.eos_id if config.eos_id is None else config.eos_id,
+                     pad_id=tokenizer.pad_id)
+    pool = encode_prompts(tokenizer, prompts, policy.config.block_size - config.max_new_tokens)
+    trainer = PPOTrainer(policy, ref, reward_fn or reward, config)
+    out.mkdir(parents=True, exist_ok=True)
+    save_json(out / "train_config.json", asdict(config))
+    modules = {"actor_critic": trainer.model}
+    start = 0
+    if ckpt is not None:
+        start, extra = load_checkpoint(ckpt, modules, trainer.optimizer, {"ppo": trainer.generator})
+        trainer.load_state_dict(extra)
+    truncate_metrics(out / "metrics.jsonl", "iteration", start)
+    logger = MetricsLogger(out / "metrics.jsonl", enabled=is_main_process())
+    bar = progress(config.iterations, start, "ppo", show_progress and is_main_process())
+    for it in range(start, config.iterations):
+        idx = torch.randint(len(pool), (config.batch_size,), generator=trainer.generator).tolist()
+        row = trainer.step([pool[i] for i in idx])
+        check_finite(row, it + 1, ["env/reward_mean", "objective/kl", "ppo/policy_loss", "ppo/value_loss",
+                                   "ppo/grad_norm"])
+        logger.log(row)
+        bar.update(1)
+        bar.set_postfix(reward=f"{row['env/reward_mean']:.3f}", kl=f"{row['objective/kl']:.2f}")
+        if on_iteration is not None:
+            on_iteration(trainer, row)
+        if config.save_every and (it + 1) % config.save_every == 0 and is_main_process():
+            save_checkpoint(out, it + 1, modules, trainer.optimizer, {"ppo": trainer.generator},
+                            trainer.state_dict())
+    bar.close()
+    if is_main_process():
+        save_policy(trainer, out, tokenizer)
+        save_checkpoint(out, config.iterations, modules, trainer.optimizer, {"ppo": trainer.generator},
+                        trainer.state_dict())
+        plot_run(out)
+    return trainer
