@@ -76,6 +76,30 @@ def cmd_sample(args, overrides):
         print(args.prompt + text)
 
 
+def cmd_ppo(args, overrides):
+    from .data import load_prompts
+    from .ppo_train import train_ppo
+    config = _config_from_args(args, overrides)
+    prompts = load_prompts(args.prompts)
+    train_ppo(prompts, args.init, args.reward, args.out, config, resume=args.resume, overwrite=args.overwrite)
+    print(f"saved policy to {args.out}")
+
+
+def cmd_reward(args, overrides):
+    from pathlib import Path
+
+    from .data import load_preferences
+    from .reward import train_reward_model
+    from .tokenizer import Tokenizer
+    config = _config_from_args(args, overrides)
+    if args.loss is not None:
+        config = apply_overrides(config, [f"--loss={args.loss}"])
+    examples = load_preferences(args.data)
+    tokenizer = Tokenizer.from_file(Path(args.init) / "tokenizer.json")
+    train_reward_model(examples, args.init, args.out, config, tokenizer, resume=args.resume, overwrite=args.overwrite)
+    print(f"saved reward model to {args.out}")
+
+
 def cmd_plot(args, overrides):
     from .plots import plot_run
     for path in plot_run(args.run):
@@ -104,6 +128,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.set_defaults(fn=cmd_sample)
+
+    from .ppo import PPOConfig
+    p = _training_parser(sub, "ppo", "RL-train a policy with PPO against a reward model", PPOConfig,
+                         length_flag="iterations")
+    p.add_argument("--prompts", required=True, help='a .jsonl file of {"prompt": ...} lines')
+    p.add_argument("--init", required=True, help="the pretrained policy directory (also the frozen reference)")
+    p.add_argument("--reward", required=True, help="the reward model directory")
+    p.set_defaults(fn=cmd_ppo)
+
+    from .reward import LOSSES, RewardConfig
+    p = _training_parser(sub, "reward", "train a reward model on preference pairs or rankings", RewardConfig)
+    p.add_argument("--data", required=True, help="a .jsonl file of pairs {prompt, chosen, rejected} "
+                                                  "or rankings {query, responses, scores}")
+    p.add_argument("--init", required=True, help="the pretrained LM directory the trunk (and tokenizer) come from")
+    p.add_argument("--loss", choices=LOSSES, help="reward loss (default auto: pairwise for pairs, ranking for rankings)")
+    p.set_defaults(fn=cmd_reward)
 
     p = sub.add_parser("plot", help="plot a run's metrics.jsonl into its plots/ folder")
     p.add_argument("--run", required=True, help="run or stage directory holding metrics.jsonl")

@@ -1,0 +1,389 @@
+"""Reward-model training: one scalar r(x, y) per prompt ⊕ response, learned from human comparisons.
+
+    pairs / rankings ──[bos] prompt⊕response [eos]──▶ RewardModel (GPT-2 trunk, scalar head at the EOS)
+        ──K scores per prompt──▶ pairwise / ranking / Plackett-Luce / best-of-K loss
+        ──after training──▶ gain, bias so that scores of the initial policy's samples are N(0, 1)
+
+CPU: `minirlhf reward --data prefs.jsonl --init runs/lm --out runs/rm` (the trunk starts from the
+pretrained LM in --init; a few minutes for the default 4-layer model). GPU: add `--device cuda`
+(bf16 autocast) and a bigger batch, e.g. `--batch_size=64`.
+
+InstructGPT batching (Ouyang et al. 2022, sec. 3.5; seed 000): the K responses of one prompt are one
+row of a (B, K) reward tensor, so each response is scored by ONE forward pass and all of its
+K-choose-2 comparisons are formed from those K scores: K forwards per prompt, not the K(K-1) of
+shuffling the pairs apart (which also re-fits each response K-1 times an epoch and overfits). All
+Σ K sequences of a minibatch go through the model together, left-padded, with an attention mask.
+
+Choices and simplifications, said out loud:
+  * A sequence is [bos] + encode(prompt + response) + [eos]; the score is read at the last real token
+    (the EOS). A sequence longer than max_len is cut keeping its start (the prompt and the beginning
+    of the response), so it ends without EOS, like a policy sample that hit its length limit. Cuts
+    are counted and warned about.
+  * Rankings {query, responses, scores}: highest score = rank 0; tied scores share a rank, and tied
+    pairs are skipped by the ranking loss and by the accuracies. A pair is a ranking with K = 2.
+  * loss "auto" is pairwise for pairs and ranking for rankings; best_of_k's best is rank 0 (the first
+    one if several tie); `margin` applies to the pairwise loss only.
+  * A minibatch may mix prompts with different K: the loss is computed per group of equal K and
+    averaged over prompts.
+  * Validation holds out whole examples; the same prompt on two lines can land on both sides.
+  * The length is a number of optimizer steps; the data are reshuffled every epoch (an epoch is
+    len(train) / batch_size steps; InstructGPT trains a single epoch to avoid overfitting).
+  * Normalisation (REFERENCES.md item 7) is fitted once, after training, on samples of the initial
+    policy (lm-human-preferences also fits it before; our losses never see normalised scores, so that
+    would change nothing). Training uses raw scores; gain and bias apply whenever the model is called.
+  * No dropout (the trunk loads with dropout 0), no gradient accumulation.
+
+Metrics (metrics.jsonl, one row per step): reward/loss; reward/accuracy (share of the batch's untied
+pairs scored in the right order); reward/ranking_accuracy (share of prompts whose every pair is right);
+reward/margin_mean (mean r_better - r_worse); reward/score_mean, score_std (raw scores); reward/grad_norm,
+lr, epoch; the same val/* on the held-out set every eval_every steps; a last row with norm/raw_mean,
+raw_std, gain, bias (also in normalization.json).
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import save_json
+from .data import Pair, Ranking, train_val_split
+from .errors import InputError
+from .losses import _ordered_pairs, best_of_k_loss, pairwise_loss, plackett_luce_loss, ranking_loss
+from .model import GPT, RewardModel
+from .optim import clip_grad, lr_at, make_adamw, set_lr
+from .plots import plot_run
+from .ranks import scores_to_ranks
+from .runtime import autocast, is_main_process, resolve_device, seed_everything
+from .sampling import generate, left_pad
+from .tokenizer import Tokenizer
+from .tracking import MetricsLogger, check_finite, progress
+from .trainstate import load_checkpoint, prepare_out_dir, save_checkpoint, truncate_metrics
+
+LOSSES = ("auto", "pairwise", "ranking", "plackett_luce", "best_of_k")
+
+
+@dataclass
+class RewardConfig:
+    loss: str = "auto"
+    """pairwise (Stiennon 2020), ranking (InstructGPT: all K-choose-2 pairs), plackett_luce (NLL of the
+    whole ranking), best_of_k (Ziegler 2019: softmax over K, best = rank 0); auto = pairwise for pairs,
+    ranking for rankings."""
+    margin: float = 0.0
+    """Pairwise loss only: -log σ(r_w - r_l - margin) asks for a gap of at least `margin` (Llama 2)."""
+    steps: int = 300
+    """Optimizer steps (--steps). Data are reshuffled each epoch of len(train)/batch_size steps."""
+    batch_size: int = 16
+    """Prompts per step; each brings all its K responses, so one forward sees Σ K sequences."""
+    lr: float = 3e-4
+    """Peak learning rate (AdamW)."""
+    warmup_steps: int = 10
+    """Linear warm-up steps."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at lr·min_lr_ratio."""
+    weight_decay: float = 0.0
+    """AdamW weight decay on matrices."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip (0 disables)."""
+    val_fraction: float = 0.1
+    """Share of examples (prompts) held out for validation loss and accuracies."""
+    eval_every: int = 50
+    """Steps between validation passes (and at the last step)."""
+    eval_batch_size: int = 64
+    """Prompts per forward in validation; sequences per forward when scoring the normalisation set."""
+    seed: int = 0
+    """Seed for the head's initialisation, the split, data order and the normalisation samples."""
+    device: str = "cpu"
+    """cpu or cuda (bf16 autocast)."""
+    save_every: int = 0
+    """Steps between resumable checkpoints (0: only at the end)."""
+    max_len: int = 0
+    """Longest sequence in tokens, [bos] and [eos] included; longer ones keep their start. 0: block_size."""
+    normalize: bool = True
+    """Fit gain and bias after training so that reference-set scores have mean 0 and std 1."""
+    norm_samples: int = 256
+    """Responses sampled from the initial policy (--init) on the training prompts for normalisation."""
+    norm_max_new_tokens: int = 32
+    """Length limit of those samples (cut to fit the context)."""
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise InputError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        for name in ("steps", "batch_size", "eval_every", "eval_batch_size", "norm_samples", "norm_max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass
+class Example:
+    """One prompt's K candidate sequences (token ids) and their ranks (0 = best)."""
+    prompt: str
+    seqs: list[list[int]]
+    ranks: list[int]
+
+
+def encode_examples(examples: list, tokenizer: Tokenizer, max_len: int) -> tuple[list[Example], int]:
+    """Pairs/Rankings -> Examples of [bos] + encode(prompt + response) + [eos] cut to max_len; also # cut."""
+    prompts, texts, ranks = [], [], []
+    for ex in examples:
+        if isinstance(ex, Pair):
+            prompts.append(ex.prompt)
+            texts.append([ex.prompt + ex.chosen, ex.prompt + ex.rejected])
+            ranks.append([0, 1])
+        elif isinstance(ex, Ranking):
+            prompts.append(ex.query)
+            texts.append([ex.query + r for r in ex.responses])
+            ranks.append(scores_to_ranks(ex.scores))
+        else:
+            raise TypeError(f"expected Pair or Ranking, got {type(ex).__name__}")
+    flat = tokenizer.encode_batch([t for ts in texts for t in ts])
+    seqs = [[tokenizer.bos_id] + ids + [tokenizer.eos_id] for ids in flat]
+    n_cut = sum(len(s) > max_len for s in seqs)
+    seqs = iter([s[:max_len] for s in seqs])
+    out = [Example(p, [next(seqs) for _ in ts], r) for p, ts, r in zip(prompts, texts, ranks)]
+    return out, n_cut
+
+
+def resolve_loss(name: str, examples: list[Example]) -> str:
+    """'auto' -> pairwise for all-K=2 data, ranking otherwise; pairwise on K > 2 is an error."""
+    max_k = max(len(ex.seqs) for ex in examples)
+    if name == "auto":
+        return "pairwise" if max_k == 2 else "ranking"
+    if name == "pairwise" and max_k > 2:
+        raise InputError(f"--loss pairwise needs pairs (K = 2) but the data have rankings with K = {max_k}; "
+                         f"use --loss ranking (all K-choose-2 pairs) or plackett_luce")
+    return name
+
+
+def score_sequences(model: RewardModel, seqs: list[list[int]], pad_id: int, device) -> torch.Tensor:
+    """Raw scores (N,) of N token lists in ONE forward pass (left-padded, attention-masked)."""
+    ids, mask = left_pad(seqs, pad_id, device)              # (N, T), (N, T)
+    with autocast(device):
+        return model.raw_scores(ids, mask).float()
+
+
+def forward_examples(model: RewardModel, batch: list[Example], pad_id: int, device):
+    """Score every candidate of every example in one forward; return [(rewards (n, K), ranks (n, K))]
+    per group of examples with equal K."""
+    scores = score_sequences(model, [s for ex in batch for s in ex.seqs], pad_id, device)
+    groups: dict[int, tuple[list, list]] = {}
+    for ex, r in zip(batch, scores.split([len(ex.seqs) for ex in batch])):
+        g = groups.setdefault(len(ex.seqs), ([], []))
+        g[0].append(r)
+        g[1].append(ex.ranks)
+    return [(torch.stack(rs), torch.tensor(rk, device=scores.device)) for rs, rk in groups.values()]
+
+
+def reward_loss(name: str, rewards: torch.Tensor, ranks: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
+    """The configured loss on rewards (n, K) with ranks (n, K) -> scalar."""
+    if name == "pairwise":
+        order = ranks.argsort(dim=1, stable=True)               # better candidate first
+        r, rk = rewards.gather(1, order), ranks.gather(1, order)
+        keep = rk[:, 0] != rk[:, 1]                             # a tied pair says nothing
+        if not keep.any():
+            return rewards.sum() * 0.0
+        return pairwise_loss(r[keep, 0], r[keep, 1], margin)
+    if name == "ranking":
+        return ranking_loss(rewards, ranks)
+    if name == "plackett_luce":
+        return plackett_luce_loss(rewards, ranks)
+    if name == "best_of_k":
+        return best_of_k_loss(rewards, ranks.argmin(1))         # argmin: the first of tied bests
+    raise ValueError(f"unknown loss {name!r}")
+
+
+def batch_loss(name: str, groups, margin: float) -> torch.Tensor:
+    """Mean over prompts of the per-group losses."""
+    n = sum(r.shape[0] for r, _ in groups)
+    return sum(reward_loss(name, r, rk, margin) * r.shape[0] for r, rk in groups) / n
+
+
+@torch.no_grad()
+def pair_stats(rewards: torch.Tensor, ranks: torch.Tensor) -> dict:
+    """Sums over the untied pairs of (n, K) rewards: pairs, correctly ordered ones, r_better - r_worse,
+    and prompts whose every untied pair is right (a fully correct ranking)."""
+    diff, valid = _ordered_pairs(rewards, ranks)  # (n, P): r_better - r_worse; valid False on tied ranks
+    correct = (diff > 0) & valid                  # equal scores count as wrong
+    return {"pairs": int(valid.sum()), "correct": int(correct.sum()), "margin": float(diff[valid].sum()),
+            "prompts": rewards.shape[0], "ranked": int((correct | ~valid).all(1).sum())}
+
+
+def summarize(groups, prefix: str) -> dict:
+    """Accuracy (untied pairs ordered right), ranking accuracy (prompts fully right), mean margin."""
+    s = {"pairs": 0, "correct": 0, "margin": 0.0, "prompts": 0, "ranked": 0}
+    for r, rk in groups:
+        for k, v in pair_stats(r.float(), rk).items():
+            s[k] += v
+    return {f"{prefix}/accuracy": s["correct"] / max(s["pairs"], 1),
+            f"{prefix}/ranking_accuracy": s["ranked"] / max(s["prompts"], 1),
+            f"{prefix}/margin_mean": s["margin"] / max(s["pairs"], 1)}
+
+
+@torch.no_grad()
+def evaluate(model: RewardModel, examples: list[Example], loss_name: str, margin: float, pad_id: int,
+             device, batch_size: int = 64) -> dict:
+    """val/loss (mean over prompts), val/accuracy, val/ranking_accuracy, val/margin_mean."""
+    was_training = model.training
+    model.eval()
+    all_groups, loss_sum = [], 0.0
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i:i + batch_size]
+        groups = forward_examples(model, chunk, pad_id, device)
+        loss_sum += batch_loss(loss_name, groups, margin).item() * len(chunk)
+        all_groups += groups
+    model.train(was_training)
+    return {"val/loss": loss_sum / len(examples), **summarize(all_groups, "val")}
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
+    """Example indices for a step: a fresh permutation each epoch, a pure function of the step (so
+    --resume needs no data-loader state)."""
+    out, pos = [], step * batch_size
+    while len(out) < batch_size:
+        epoch, offset = divmod(pos, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        take = perm[offset:offset + batch_size - len(out)].tolist()
+        out += take
+        pos += len(take)
+    return out
+
+
+@torch.no_grad()
+def sample_reference(policy: GPT, prompts: list[str], tokenizer: Tokenizer, n: int, max_new_tokens: int,
+                     seed: int, batch_size: int) -> list[list[int]]:
+    """n sequences [bos] prompt ⊕ response sampled (T = 1) from `policy`, cycling through the distinct
+    prompts (BOS alone when there are none); prompts too long for the context keep their end."""
+    block = policy.config.block_size
+    max_new = min(max_new_tokens, block - 1)
+    distinct = list(dict.fromkeys(p for p in prompts if p)) or [""]
+    encoded = [([tokenizer.bos_id] + ids)[-(block - max_new):] for ids in tokenizer.encode_batch(distinct)]
+    device = next(policy.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed + 1)
+    seqs = []
+    for start in range(0, n, batch_size):
+        batch = [encoded[i % len(encoded)] for i in range(start, min(n, start + batch_size))]
+        out = generate(policy, batch, max_new, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, generator=gen)
+        seqs += [row[m.bool()].tolist() for row, m in zip(out.sequences, out.attention_mask)]
+    return seqs
+
+
+@torch.no_grad()
+def fit_reward_normalization(model: RewardModel, seqs: list[list[int]], pad_id: int, device,
+                             batch_size: int = 64) -> dict:
+    """Set gain, bias so that model(seqs) has mean 0, std 1 (REFERENCES.md item 7); return the stats."""
+    was_training = model.training
+    model.eval()
+    raw = torch.cat([score_sequences(model, seqs[i:i + batch_size], pad_id, device)
+                     for i in range(0, len(seqs), batch_size)])
+    model.fit_normalization(raw)
+    model.train(was_training)
+    return {"n": len(seqs), "raw_mean": raw.mean().item(), "raw_std": raw.std(unbiased=False).item(),
+            "gain": model.gain.item(), "bias": model.bias.item()}
+
+
+def normalization_set(reference_texts, init_dir, prompts, tokenizer, config: RewardConfig, max_len: int,
+                      device) -> tuple[list[list[int]], str]:
+    """The sequences normalisation is fitted on, and where they come from: `reference_texts` encoded like
+    training sequences if given, else samples of the --init policy on the training prompts."""
+    if reference_texts is not None:
+        seqs = [([tokenizer.bos_id] + ids + [tokenizer.eos_id])[:max_len]
+                for ids in tokenizer.encode_batch(list(reference_texts))]
+        return seqs, "reference_texts"
+    policy = GPT.from_pretrained(init_dir).to(device)
+    seqs = sample_reference(policy, prompts, tokenizer, config.norm_samples, config.norm_max_new_tokens,
+                            config.seed, config.eval_batch_size)
+    return seqs, f"{config.norm_samples} samples of the --init policy on the training prompts"
+
+
+def train_reward_model(examples: list, init_dir, out_dir, config: RewardConfig, tokenizer: Tokenizer,
+                       resume: bool = False, overwrite: bool = False, reference_texts: list[str] | None = None,
+                       show_progress: bool = True) -> RewardModel:
+    """Train a RewardModel on Pairs or Rankings, starting from the GPT-2 in `init_dir`; normalise it.
+
+    The normalisation set is `reference_texts` (full texts, encoded like training sequences) if given,
+    else `config.norm_samples` responses of the init policy on the training prompts. Writes a
+    self-contained directory: config.json, model.safetensors, tokenizer.json, reward_head.safetensors
+    (head + gain/bias), normalization.json, metrics.jsonl, train_config.json, plots/, checkpoints/.
+    """
+    out = Path(out_dir)
+    if not examples:
+        raise InputError("no preference examples to train on")
+    if out.resolve() == Path(init_dir).resolve():
+        raise InputError(f"{out}: --out must differ from --init")
+    if reference_texts is not None and not reference_texts:
+        raise InputError("reference_texts is empty: nothing to normalise on")
+    device = resolve_device(config.device)
+    seed_everything(config.seed)                                 # the fresh head's N(0, 1/sqrt(d+1)) init
+    model = RewardModel.from_pretrained(init_dir, init_head=True)
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise InputError(f"{init_dir}: tokenizer has {tokenizer.vocab_size} tokens but the model "
+                         f"{model.config.vocab_size}")
+    block = model.config.block_size
+    max_len = config.max_len or block
+    if not 2 <= max_len <= block:
+        raise InputError(f"--max_len={config.max_len} must be in [2, block_size={block}]")
+    train_raw, val_raw = train_val_split(examples, config.val_fraction, config.seed)
+    train_ex, cut = encode_examples(train_raw, tokenizer, max_len)
+    val_ex, val_cut = encode_examples(val_raw, tokenizer, max_len)
+    n_seqs = sum(len(e.seqs) for e in train_ex + val_ex)
+    if cut + val_cut:
+        warnings.warn(f"{cut + val_cut} of {n_seqs} sequences are longer than max_len={max_len} tokens "
+                      f"and were cut (keeping their start, so they end without EOS)")
+    loss_name = resolve_loss(config.loss, train_ex + val_ex)
+
+    ckpt = prepare_out_dir(out, resume, overwrite)               # nothing is written before this line
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(out / "tokenizer.json")
+    save_json(out / "train_config.json", {**asdict(config), "loss": loss_name})
+    model.to(device)
+    optimizer = make_adamw(model, config.lr, config.weight_decay)
+    start = 0
+    if ckpt is not None:
+        start, _ = load_checkpoint(ckpt, {"model": model}, optimizer, {})
+    truncate_metrics(out / "metrics.jsonl", "step", start)
+    logger = MetricsLogger(out / "metrics.jsonl", enabled=is_main_process())
+    bar = progress(config.steps, start, "reward", show_progress and is_main_process())
+    batch_size = min(config.batch_size, len(train_ex))
+    model.train()
+    t0 = time.time()
+    for step in range(start, config.steps):
+        lr = lr_at(step, config.steps, config.lr, config.warmup_steps, "cosine", config.min_lr_ratio)
+        set_lr(optimizer, lr)
+        batch = [train_ex[i] for i in batch_indices(step, len(train_ex), batch_size, config.seed)]
+        groups = forward_examples(model, batch, tokenizer.pad_id, device)   # ONE forward, Σ K sequences
+        loss = batch_loss(loss_name, groups, config.margin)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = clip_grad(model, config.grad_clip)
+        scores = torch.cat([r.detach().flatten() for r, _ in groups])
+        row = {"step": step + 1, "reward/loss": loss.item(), **summarize([(r.detach(), k) for r, k in groups], "reward"),
+               "reward/score_mean": scores.mean().item(), "reward/score_std": scores.std(unbiased=False).item(),
+               "reward/grad_norm": grad_norm, "reward/lr": lr, "reward/epoch": (step + 1) * batch_size / len(train_ex),
+               "time/elapsed_s": time.time() - t0}
+        check_finite(row, step + 1, ["reward/loss", "reward/grad_norm"])
+        optimizer.step()
+        if val_ex and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps):
+            row.update(evaluate(model, val_ex, loss_name, config.margin, tokenizer.pad_id, device,
+                                config.eval_batch_size))
+        logger.log(row)
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['reward/loss']:.3f}", acc=f"{row['reward/accuracy']:.2f}")
+        if config.save_every and (step + 1) % config.save_every == 0 and is_main_process():
+            save_checkpoint(out, step + 1, {"model": model}, optimizer, {}, {})
+    bar.close()
+    model.eval()
+
+    if config.normalize:  # REFERENCES.md item 7: scores of the initial policy's samples -> N(0, 1)
+        seqs, source = normalization_set(reference_texts, init_dir, [e.prompt for e in train_ex], tokenizer,
+                                         config, max_len, device)
+        stats = fit_reward_normalization(model, seqs, tokenizer.pad_id, device, config.eval_batch_size)
+        if is_main_process():
+            save_json(out / "normalization.json", {"source": source, **stats})
+        logger.log({"step": config.steps, **{f"norm/{k}": v for k, v in stats.items() if k != "n"}})
+    if is_main_process():
+        model.save_pretrained(out, tokenizer)
+        save_checkpoint(out, config.steps, {"model": model}, optimizer, {}, {})
+        plot_run(out)
+    return model
