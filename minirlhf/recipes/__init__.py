@@ -1,0 +1,1 @@
+"""End-to-end recipes built from minirlhf's stages. `sentiment_zh` is the flagship demo."""
