@@ -54,9 +54,12 @@ def load_json(path) -> dict:
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise InputError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
 
 
 def save_tensors(path, tensors: dict, metadata: dict | None = None):
@@ -108,7 +111,8 @@ def _check_supported(path, cfg: dict):
         problems.append(f"activation_function={cfg['activation_function']!r}")
     if cfg.get("n_inner") not in (None, 4 * cfg.get("n_embd", 0)):
         problems.append(f"n_inner={cfg['n_inner']}")
-    if abs(cfg.get("layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12:
+    eps = cfg.get("layer_norm_epsilon", 1e-5)
+    if not isinstance(eps, (int, float)) or abs(eps - 1e-5) > 1e-12:
         problems.append(f"layer_norm_epsilon={cfg['layer_norm_epsilon']}")
     for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
         if cfg.get(flag):
@@ -126,11 +130,18 @@ def load_gpt2(directory) -> tuple[dict, dict]:
         raise InputError(f"{directory}: model directory not found")
     cfg = load_json(directory / "config.json")
     _check_supported(directory / "config.json", cfg)
-    try:
-        config = dict(vocab_size=cfg["vocab_size"], n_layer=cfg["n_layer"], n_head=cfg["n_head"],
-                      n_embd=cfg["n_embd"], block_size=cfg["n_positions"])
-    except KeyError as e:
-        raise InputError(f"{directory / 'config.json'}: missing GPT-2 key {e.args[0]!r}") from None
+    config = {}
+    for ours, key in (("vocab_size", "vocab_size"), ("n_layer", "n_layer"), ("n_head", "n_head"),
+                      ("n_embd", "n_embd"), ("block_size", "n_positions")):
+        if key not in cfg:
+            raise InputError(f"{directory / 'config.json'}: missing GPT-2 key {key!r}")
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{directory / 'config.json'}: {key} must be a positive integer, got {value!r}")
+        config[ours] = value
+    if config["n_embd"] % config["n_head"]:
+        raise InputError(f"{directory / 'config.json'}: n_embd={config['n_embd']} is not divisible by "
+                         f"n_head={config['n_head']}")
     state = {}
     for name, t in load_tensors(directory / "model.safetensors").items():
         if name.endswith(IGNORED_SUFFIXES):

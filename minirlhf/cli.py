@@ -2,7 +2,8 @@
 
 `--key=value` pairs override fields of the stage's config dataclass (`minirlhf <stage> --help` lists
 them with their docstrings); an unknown key is an error listing the valid ones. Bad input ends with one
-line on stderr (`file:line: what is wrong`) and exit status 2, before anything is overwritten.
+line on stderr (`file:line: what is wrong`) and exit status 2, before anything is overwritten: a
+missing or malformed flag too (argparse's usage block is left to --help), and warnings are one line each.
 """
 from __future__ import annotations
 
@@ -12,6 +13,25 @@ import warnings
 
 from .config import apply_overrides, config_help
 from .errors import InputError
+
+INPUT_FLAGS = ("text", "tokenizer", "data", "prompts", "init", "reward")  # paths a training command reads
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but an error is one line (no usage block) and flags are never abbreviated (so a config
+    key such as --lr can never be taken for a prefix of another flag)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        print(f"{self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {' '.join(str(message).split())}", file=file or sys.stderr)
 
 
 def _training_parser(sub, name: str, help: str, config_cls, length_flag: str = "steps"):
@@ -44,31 +64,33 @@ def cmd_pretrain(args, overrides):
     texts = load_texts(args.text)
     tokenizer = Tokenizer.from_file(args.tokenizer) if args.tokenizer else None
     pretrain(texts, args.out, config, tokenizer, resume=args.resume, overwrite=args.overwrite)
-    print(f"saved model to {args.out}")
+    _done(f"saved model to {args.out}")
 
 
 def cmd_sample(args, overrides):
     import torch
 
     from .model import GPT
+    from .ppo_train import encode_prompts
     from .runtime import resolve_device
     from .sampling import generate
     from .tokenizer import Tokenizer
     if overrides:
         raise InputError(f"sample takes no --key=value overrides, got {overrides[0]!r}")
+    if args.n < 1 or args.max_new_tokens < 1 or args.temperature <= 0 or args.top_k < 0 or not 0 < args.top_p <= 1:
+        raise InputError("sample needs --n >= 1, --max-new-tokens >= 1, --temperature > 0, --top-k >= 0 and "
+                         f"0 < --top-p <= 1; got {args.n}, {args.max_new_tokens}, {args.temperature}, "
+                         f"{args.top_k}, {args.top_p}")
     tokenizer = Tokenizer.from_file(f"{args.model}/tokenizer.json")
     model = GPT.from_pretrained(args.model).to(resolve_device(args.device)).eval()
     if tokenizer.vocab_size != model.config.vocab_size:
         raise InputError(f"{args.model}: tokenizer has {tokenizer.vocab_size} tokens but the model "
                          f"{model.config.vocab_size}")
-    prompt = [tokenizer.bos_id] + tokenizer.encode(args.prompt)
     room = model.config.block_size - args.max_new_tokens
     if room < 1:
         raise InputError(f"--max-new-tokens {args.max_new_tokens} leaves no room for a prompt "
                          f"(block_size={model.config.block_size})")
-    if len(prompt) > room:  # keep the end of the prompt: it is what the continuation follows
-        warnings.warn(f"prompt of {len(prompt)} tokens cut to its last {room} to fit the context")
-        prompt = prompt[-room:]
+    prompt = encode_prompts(tokenizer, [args.prompt], room)[0]  # too long: keeps its end, one warning
     out = generate(model, [prompt] * args.n, args.max_new_tokens, temperature=args.temperature,
                    top_k=args.top_k, top_p=args.top_p, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
                    generator=torch.Generator().manual_seed(args.seed))
@@ -82,7 +104,7 @@ def cmd_ppo(args, overrides):
     config = _config_from_args(args, overrides)
     prompts = load_prompts(args.prompts)
     train_ppo(prompts, args.init, args.reward, args.out, config, resume=args.resume, overwrite=args.overwrite)
-    print(f"saved policy to {args.out}")
+    _done(f"saved policy to {args.out}")
 
 
 def cmd_reward(args, overrides):
@@ -97,18 +119,20 @@ def cmd_reward(args, overrides):
     examples = load_preferences(args.data)
     tokenizer = Tokenizer.from_file(Path(args.init) / "tokenizer.json")
     train_reward_model(examples, args.init, args.out, config, tokenizer, resume=args.resume, overwrite=args.overwrite)
-    print(f"saved reward model to {args.out}")
+    _done(f"saved reward model to {args.out}")
 
 
 def cmd_plot(args, overrides):
     from .plots import plot_run
+    if overrides:
+        raise InputError(f"plot takes no --key=value overrides, got {overrides[0]!r}")
     for path in plot_run(args.run):
         print(path)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .sft import PretrainConfig
-    parser = argparse.ArgumentParser(prog="minirlhf", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="minirlhf", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = _training_parser(sub, "pretrain", "train a tokenizer and a GPT-2 on text (the reference policy)",
@@ -151,15 +175,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _done(message: str):
+    from .runtime import is_main_process
+    if is_main_process():
+        print(message)
+
+
+def _check_inputs_outside_out(args):
+    """No training command may write into (or, with --overwrite, delete) a file or directory it reads."""
+    from .trainstate import check_inputs_outside
+    if getattr(args, "config_cls", None) is not None:
+        check_inputs_outside(args.out, [getattr(args, k) for k in INPUT_FLAGS if getattr(args, k, None)])
+
+
 def main(argv=None) -> int:
+    from .runtime import is_main_process, shutdown_distributed
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    try:
-        args.fn(args, rest)
-    except InputError as e:
-        print(str(e), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"minirlhf {args.command}: interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning  # restored by catch_warnings on the way out
+        if not is_main_process():
+            warnings.simplefilter("ignore")  # torchrun: rank 0 speaks for all
+        try:
+            _check_inputs_outside_out(args)
+            args.fn(args, rest)
+        except InputError as e:
+            print(str(e), file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"minirlhf {args.command}: interrupted", file=sys.stderr)
+            return 130
+        finally:
+            shutdown_distributed()
     return 0

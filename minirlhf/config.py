@@ -69,6 +69,27 @@ def apply_overrides(config, overrides: list[str]):
     return dataclasses.replace(config, **changes)
 
 
+def validate(config, positive=(), non_negative=(), unit_interval=(), choices: dict | None = None):
+    """The shared checks a config's __post_init__ runs: an InputError `--key must be ..., got v` otherwise.
+
+    positive: > 0; non_negative: >= 0; unit_interval: in [0, 1]; choices: {key: allowed values}.
+    """
+    def bad(name, what):
+        raise InputError(f"--{name} must be {what}, got {getattr(config, name)!r}")
+    for name in positive:
+        if not getattr(config, name) > 0:
+            bad(name, "> 0")
+    for name in non_negative:
+        if not getattr(config, name) >= 0:
+            bad(name, ">= 0")
+    for name in unit_interval:
+        if not 0 <= getattr(config, name) <= 1:
+            bad(name, "in [0, 1]")
+    for name, allowed in (choices or {}).items():
+        if getattr(config, name) not in allowed:
+            bad(name, f"one of {', '.join(map(str, allowed))}")
+
+
 def config_help(cls) -> str:
     """A table of fields, defaults and docstrings for --help."""
     docs = field_docs(cls)

@@ -6,6 +6,7 @@ place. Response tensors are (B, T); `mask` is 1.0 (or True) on real tokens and 0
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 
@@ -15,23 +16,42 @@ def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
     return (x * mask).sum() if dim is None else (x * mask).sum(dim)
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
-    """sum_i x_i m_i / sum_i m_i. An all-padding row gives 0, not NaN (the count is clamped at 1)."""
+def all_ranks_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum of `t` over the ranks of a torch.distributed run (torchrun); `t` itself in a single process."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None, across_ranks: bool = False) -> torch.Tensor:
+    """sum_i x_i m_i / sum_i m_i. An all-padding row gives 0, not NaN (the count is clamped at 1).
+
+    across_ranks=True (dim=None only): both sums run over the entries of every rank, so the mean is
+    the one of the concatenated batch (used to whiten PPO advantages under torchrun).
+    """
     mask = mask.to(x.dtype)
+    total = masked_sum(x, mask, dim)
     count = mask.sum() if dim is None else mask.sum(dim)
-    return masked_sum(x, mask, dim) / count.clamp(min=1.0)
+    if across_ranks:
+        if dim is not None:
+            raise ValueError("masked_mean(across_ranks=True) reduces over all entries (dim=None)")
+        total, count = all_ranks_sum(torch.stack([total, count]))
+    return total / count.clamp(min=1.0)
 
 
-def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    """Variance of the real entries of x (over all of them).
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True,
+               across_ranks: bool = False) -> torch.Tensor:
+    """Variance of the real entries of x (over all of them; over every rank's with across_ranks).
 
     unbiased=True multiplies by n/(n-1) (Bessel), as lm-human-preferences does for rewards;
     advantage whitening uses unbiased=False (REFERENCES.md, item 9).
     """
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+    mean = masked_mean(x, mask, across_ranks=across_ranks)
+    var = masked_mean((x - mean) ** 2, mask, across_ranks=across_ranks)
     if unbiased:
         n = mask.to(x.dtype).sum()
+        n = all_ranks_sum(n) if across_ranks else n
         if n < 2:
             raise ValueError("masked_var(unbiased=True) needs at least two unmasked entries")
         var = var * n / (n - 1)
@@ -39,12 +59,15 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
-                  eps: float = 1e-8) -> torch.Tensor:
+                  eps: float = 1e-8, across_ranks: bool = False) -> torch.Tensor:
     """(x - mean) / sqrt(var + eps) with statistics over real entries only; padding is returned as 0.
 
     shift_mean=False only rescales (x / std): used to scale rewards without moving their mean.
+    across_ranks=True takes mean and var over the real entries of every rank (all-reduced sums), so a
+    batch split over N processes is whitened exactly as the whole batch in one process would be.
     """
-    mean, var = masked_mean(x, mask), masked_var(x, mask, unbiased=False)
+    mean = masked_mean(x, mask, across_ranks=across_ranks)
+    var = masked_var(x, mask, unbiased=False, across_ranks=across_ranks)
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean

@@ -1,12 +1,18 @@
-"""Plots of metrics.jsonl with matplotlib (Agg backend: works headless, in CI and notebooks)."""
+"""Plots of metrics.jsonl with matplotlib (Agg backend: works headless, in CI and notebooks).
+
+matplotlib is imported on the first plot, not with this module: it costs about a second, which every
+`minirlhf` command (and every rejected bad input) would otherwise pay before doing anything.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
 
 
 def plot_metrics(rows: list[dict], keys: list[str], path, x_key: str = "step", title: str = ""):
@@ -14,6 +20,7 @@ def plot_metrics(rows: list[dict], keys: list[str], path, x_key: str = "step", t
     keys = [k for k in keys if any(k in r for r in rows)]
     if not keys:
         return None
+    plt = _pyplot()
     cols = min(3, len(keys))
     nrows = (len(keys) + cols - 1) // cols
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3 * nrows), squeeze=False)

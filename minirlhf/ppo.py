@@ -11,6 +11,12 @@ CPU: `minirlhf ppo --prompts p.jsonl --init runs/x/sft --reward runs/x/reward --
 GPU: add `--device cuda` (bf16 autocast). Every choice on which the papers differ is a config field,
 with the default stated in its docstring. Simplifications: one process per rollout batch (no
 asynchronous generation), no reward-model ensembles, responses are right-padded after EOS.
+
+Under torchrun (runtime.py) each rank samples `batch_size` rollouts from its own seed; advantages are
+whitened with the mean and variance of ALL ranks' tokens (ops.masked_whiten(across_ranks=True)), the
+adaptive KL controller sees the KL averaged over ranks, and gradients are averaged before each step.
+NaN guard: a non-finite reward stops the iteration before the update, and a non-finite loss or
+gradient norm stops it before optimizer.step(), raising TrainingDiverged with the iteration.
 """
 from __future__ import annotations
 
@@ -22,10 +28,13 @@ import torch
 from .losses import ppo_policy_loss, ppo_value_loss
 from .model import GPT, RewardModel
 from .ops import last_true_index, masked_mean, masked_var, masked_whiten
+from .config import validate
+from .errors import InputError
 from .optim import clip_grad, lr_at, make_adamw, set_lr
 from .rollout import ActorCritic, Rollout, apply_missing_eos_penalty, score, sequence_logprobs
-from .runtime import autocast
+from .runtime import autocast, average_gradients, dist_info, mean_across_ranks, rank_seed, sync_params
 from .sampling import generate
+from .tracking import check_finite
 
 
 # ---------------------------------------------------------------- the algorithm core: pure functions
@@ -170,6 +179,19 @@ class PPOConfig:
     save_every: int = 0
     """Iterations between resumable checkpoints (0: only at the end)."""
 
+    def __post_init__(self):
+        validate(self, positive=("max_new_tokens", "temperature", "batch_size", "ppo_epochs", "num_minibatches",
+                                 "gradient_accumulation_steps", "lr", "kl_target", "kl_horizon", "cliprange",
+                                 "cliprange_value"),
+                 non_negative=("iterations", "max_grad_norm", "kl_coef", "vf_coef", "save_every"),
+                 unit_interval=("gamma", "lam"),
+                 choices={"lr_schedule": ("linear", "constant"), "kl_estimator": ("k1", "k2", "k3"),
+                          "value_model": ("shared", "separate")})
+        if self.batch_size % (self.num_minibatches * self.gradient_accumulation_steps):
+            raise InputError(f"--batch_size={self.batch_size} must divide into --num_minibatches="
+                             f"{self.num_minibatches} × --gradient_accumulation_steps="
+                             f"{self.gradient_accumulation_steps} equal parts")
+
 
 class PPOTrainer:
     """PPO on a GPT policy against a RewardModel or any `fn(sequences, response_mask) -> (B,) scores`."""
@@ -181,6 +203,7 @@ class PPOTrainer:
         self.config = config
         self.device = next(policy.parameters()).device
         self.model = ActorCritic.build(policy, config.value_model, reward).to(self.device)
+        sync_params(self.model)  # torchrun: every rank starts from rank 0's weights
         self.ref_policy, self.reward = ref_policy, reward
         for m in (self.model, ref_policy) + ((reward,) if isinstance(reward, torch.nn.Module) else ()):
             m.eval()  # dropout off everywhere (REFERENCES.md item 11); gradients still flow
@@ -189,7 +212,7 @@ class PPOTrainer:
         self.optimizer = make_adamw(self.model, config.lr, weight_decay=0.0, eps=1e-5, betas=(0.9, 0.999))
         self.kl_ctl = (AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
                        if config.adaptive_kl else FixedKLController(config.kl_coef))
-        self.generator = generator or torch.Generator().manual_seed(config.seed)
+        self.generator = generator or torch.Generator().manual_seed(rank_seed(config.seed))  # own seed per rank
         self.iteration = 0
         self.timing: dict[str, float] = {}
 
@@ -214,6 +237,22 @@ class PPOTrainer:
         scores = apply_missing_eos_penalty(scores, gen.responses, c.eos_id, c.missing_eos_penalty)
         return Rollout(seq, attn, mask, P, logprobs * mask, ref_logprobs * mask, values * mask,
                        scores, entropy)
+
+    # ------------------------------------------------------------ 2. shaping and 3. GAE
+    def advantages(self, ro: Rollout, beta: float):
+        """2. shaping and 3. GAE on the rollout's tensors (no gradient) -> (kl, advantages, returns).
+
+        Whitening (of advantages, and of rewards with scale_rewards) uses every rank's tokens.
+        """
+        c = self.config
+        rewards, kl = shape_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, ro.response_mask, beta,
+                                    c.kl_estimator)
+        if c.scale_rewards:
+            rewards = masked_whiten(rewards, ro.response_mask, shift_mean=False, across_ranks=True)
+        advantages, returns = compute_gae(rewards, ro.values, ro.response_mask, c.gamma, c.lam)
+        if c.whiten_advantages:
+            advantages = masked_whiten(advantages, ro.response_mask, across_ranks=True)
+        return kl, advantages, returns
 
     # ------------------------------------------------------------ 4. update
     def _minibatch_loss(self, mb: Rollout, advantages, returns, n_micro: int):
@@ -246,8 +285,12 @@ class PPOTrainer:
                                              c.gradient_accumulation_steps)
                     for k, v in s.items():
                         stats.setdefault(k, []).append(v)
-                stats.setdefault("ppo/grad_norm", []).append(torch.tensor(clip_grad(self.model, c.max_grad_norm)))
-                self.optimizer.step()
+                average_gradients(self.model)  # torchrun: the mean gradient over ranks
+                grad_norm = clip_grad(self.model, c.max_grad_norm)
+                check_finite({"ppo/grad_norm": grad_norm, "ppo/policy_loss": s["ppo/policy_loss"].item(),
+                              "ppo/value_loss": s["ppo/value_loss"].item()}, self.iteration + 1, unit="iteration")
+                stats.setdefault("ppo/grad_norm", []).append(torch.tensor(grad_norm))
+                self.optimizer.step()  # only now: a NaN above never reaches the weights
         return {k: torch.stack(v).float().mean().item() for k, v in stats.items()} | {
             "ppo/first_ratio_mean": stats["ppo/ratio_mean"][0].item(),
             "ppo/first_approx_kl": stats["ppo/approx_kl"][0].item()}
@@ -262,20 +305,16 @@ class PPOTrainer:
         ro = self.rollout(prompts)
         rollout_s = time.perf_counter() - t0
         self.timing["time/generate_s"] = rollout_s - sum(self.timing.values())
-        # 2. shaping and 3. GAE, on the rollout's tensors (no gradient)
+        reward_mean = mean_across_ranks({"r": ro.scores.float().mean().item()})["r"]  # NaN on any rank: all stop
+        check_finite({"env/reward_mean": reward_mean}, self.iteration + 1, unit="iteration")
         beta = self.kl_ctl.value
-        rewards, kl = shape_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, ro.response_mask, beta,
-                                    c.kl_estimator)
-        if c.scale_rewards:
-            rewards = masked_whiten(rewards, ro.response_mask, shift_mean=False)
-        advantages, returns = compute_gae(rewards, ro.values, ro.response_mask, c.gamma, c.lam)
-        if c.whiten_advantages:
-            advantages = masked_whiten(advantages, ro.response_mask)
+        kl, advantages, returns = self.advantages(ro, beta)
         t1 = time.perf_counter()
         stats = self.update(ro, advantages, returns)
         update_s = time.perf_counter() - t1
         kl_per_seq = kl.sum(-1).mean().item()
-        self.kl_ctl.update(kl_per_seq, len(prompts))
+        world = dist_info()[1]  # the controller sees the KL and the sample count of all ranks, so β stays equal
+        self.kl_ctl.update(mean_across_ranks({"kl": kl_per_seq})["kl"], len(prompts) * world)
         self.iteration += 1
         m = ro.response_mask
         return {

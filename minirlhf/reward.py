@@ -56,11 +56,12 @@ from .model import GPT, RewardModel
 from .optim import clip_grad, lr_at, make_adamw, set_lr
 from .plots import plot_run
 from .ranks import scores_to_ranks
-from .runtime import autocast, is_main_process, resolve_device, seed_everything
+from .runtime import (autocast, average_gradients, dist_info, init_distributed, is_main_process, mean_across_ranks,
+                      resolve_device, seed_everything, sync_params)
 from .sampling import generate, left_pad
 from .tokenizer import Tokenizer
 from .tracking import MetricsLogger, check_finite, progress
-from .trainstate import load_checkpoint, prepare_out_dir, save_checkpoint, truncate_metrics
+from .trainstate import check_out_dir, load_checkpoint, save_checkpoint, start_out_dir, truncate_metrics
 
 LOSSES = ("auto", "pairwise", "ranking", "plackett_luce", "best_of_k")
 
@@ -315,8 +316,10 @@ def train_reward_model(examples: list, init_dir, out_dir, config: RewardConfig, 
     if reference_texts is not None and not reference_texts:
         raise InputError("reference_texts is empty: nothing to normalise on")
     device = resolve_device(config.device)
+    rank, world = init_distributed(device)                       # torchrun: see runtime.py
     seed_everything(config.seed)                                 # the fresh head's N(0, 1/sqrt(d+1)) init
     model = RewardModel.from_pretrained(init_dir, init_head=True)
+    sync_params(model)
     if tokenizer.vocab_size != model.config.vocab_size:
         raise InputError(f"{init_dir}: tokenizer has {tokenizer.vocab_size} tokens but the model "
                          f"{model.config.vocab_size}")
@@ -333,15 +336,16 @@ def train_reward_model(examples: list, init_dir, out_dir, config: RewardConfig, 
                       f"and were cut (keeping their start, so they end without EOS)")
     loss_name = resolve_loss(config.loss, train_ex + val_ex)
 
-    ckpt = prepare_out_dir(out, resume, overwrite)               # nothing is written before this line
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(out / "tokenizer.json")
-    save_json(out / "train_config.json", {**asdict(config), "loss": loss_name})
     model.to(device)
     optimizer = make_adamw(model, config.lr, config.weight_decay)
+    ckpt = check_out_dir(out, resume, overwrite)
     start = 0
-    if ckpt is not None:
+    if ckpt is not None:                                         # read (and checked) before any write
         start, _ = load_checkpoint(ckpt, {"model": model}, optimizer, {})
+    start_out_dir(out, resume, overwrite)                        # nothing is written before this line
+    if is_main_process():
+        save_json(out / "train_config.json", {**asdict(config), "loss": loss_name})
+        tokenizer.save(out / "tokenizer.json")
     truncate_metrics(out / "metrics.jsonl", "step", start)
     logger = MetricsLogger(out / "metrics.jsonl", enabled=is_main_process())
     bar = progress(config.steps, start, "reward", show_progress and is_main_process())
@@ -351,39 +355,43 @@ def train_reward_model(examples: list, init_dir, out_dir, config: RewardConfig, 
     for step in range(start, config.steps):
         lr = lr_at(step, config.steps, config.lr, config.warmup_steps, "cosine", config.min_lr_ratio)
         set_lr(optimizer, lr)
-        batch = [train_ex[i] for i in batch_indices(step, len(train_ex), batch_size, config.seed)]
+        # torchrun: rank r takes the r-th of `world` consecutive batches, so together they are the
+        # batch of size world·batch_size that a single process would take at this step
+        batch = [train_ex[i] for i in batch_indices(step * world + rank, len(train_ex), batch_size, config.seed)]
         groups = forward_examples(model, batch, tokenizer.pad_id, device)   # ONE forward, Σ K sequences
         loss = batch_loss(loss_name, groups, config.margin)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(model)                                 # torchrun: the mean gradient over ranks
         grad_norm = clip_grad(model, config.grad_clip)
         scores = torch.cat([r.detach().flatten() for r, _ in groups])
         row = {"step": step + 1, "reward/loss": loss.item(), **summarize([(r.detach(), k) for r, k in groups], "reward"),
                "reward/score_mean": scores.mean().item(), "reward/score_std": scores.std(unbiased=False).item(),
-               "reward/grad_norm": grad_norm, "reward/lr": lr, "reward/epoch": (step + 1) * batch_size / len(train_ex),
+               "reward/grad_norm": grad_norm, "reward/lr": lr, "reward/epoch": (step + 1) * batch_size * world / len(train_ex),
                "time/elapsed_s": time.time() - t0}
-        check_finite(row, step + 1, ["reward/loss", "reward/grad_norm"])
+        row = mean_across_ranks(row)                             # torchrun: metrics are means over ranks
+        check_finite(row, step + 1, ["reward/loss", "reward/grad_norm"])  # before the step: no NaN update
         optimizer.step()
-        if val_ex and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps):
+        if val_ex and is_main_process() and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps):
             row.update(evaluate(model, val_ex, loss_name, config.margin, tokenizer.pad_id, device,
                                 config.eval_batch_size))
         logger.log(row)
         bar.update(1)
         bar.set_postfix(loss=f"{row['reward/loss']:.3f}", acc=f"{row['reward/accuracy']:.2f}")
-        if config.save_every and (step + 1) % config.save_every == 0 and is_main_process():
+        if config.save_every and (step + 1) % config.save_every == 0:   # every rank (RNG states gathered)
             save_checkpoint(out, step + 1, {"model": model}, optimizer, {}, {})
     bar.close()
     model.eval()
 
-    if config.normalize:  # REFERENCES.md item 7: scores of the initial policy's samples -> N(0, 1)
+    if config.normalize and is_main_process():  # REFERENCES.md item 7: scores of the initial policy's samples -> N(0, 1)
         seqs, source = normalization_set(reference_texts, init_dir, [e.prompt for e in train_ex], tokenizer,
                                          config, max_len, device)
         stats = fit_reward_normalization(model, seqs, tokenizer.pad_id, device, config.eval_batch_size)
-        if is_main_process():
-            save_json(out / "normalization.json", {"source": source, **stats})
+        save_json(out / "normalization.json", {"source": source, **stats})
         logger.log({"step": config.steps, **{f"norm/{k}": v for k, v in stats.items() if k != "n"}})
     if is_main_process():
         model.save_pretrained(out, tokenizer)
-        save_checkpoint(out, config.steps, {"model": model}, optimizer, {}, {})
+    save_checkpoint(out, config.steps, {"model": model}, optimizer, {}, {})
+    if is_main_process():
         plot_run(out)
     return model

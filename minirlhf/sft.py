@@ -4,7 +4,8 @@
 
 CPU: `minirlhf pretrain --text reviews.txt --out runs/lm` (a 4-layer, 256-wide GPT-2 learns Chinese
 review text in a few minutes). GPU: add `--device cuda` (bf16 autocast) and a bigger preset, e.g.
-`--n_layer=12 --n_embd=768 --n_head=12`.
+`--n_layer=12 --n_embd=768 --n_head=12`. Several processes: `torchrun --nproc_per_node 2 -m minirlhf
+pretrain ...` (runtime.py: each rank samples `batch_size` texts from its own seed; gradients averaged).
 
 Simplifications: one document per row, right-padded within a batch (causal attention means real tokens
 never see the pads after them, so no attention mask is needed; pads are dropped from the loss). Texts
@@ -24,10 +25,13 @@ from .data import train_val_split
 from .model import GPT, GPTConfig
 from .optim import clip_grad, lr_at, make_adamw, set_lr
 from .plots import plot_run
-from .runtime import autocast, is_main_process, resolve_device, seed_everything
+from .config import validate
+from .errors import InputError
+from .runtime import (autocast, average_gradients, init_distributed, is_main_process, mean_across_ranks,
+                      rank_seed, resolve_device, seed_everything, sync_params)
 from .tokenizer import Tokenizer
 from .tracking import MetricsLogger, check_finite, progress
-from .trainstate import load_checkpoint, prepare_out_dir, save_checkpoint, truncate_metrics
+from .trainstate import check_out_dir, load_checkpoint, save_checkpoint, start_out_dir, truncate_metrics
 
 
 @dataclass
@@ -70,6 +74,22 @@ class PretrainConfig:
     """cpu or cuda (bf16 autocast)."""
     save_every: int = 0
     """Steps between resumable checkpoints (0: only at the end)."""
+
+    def __post_init__(self):
+        validate(self, positive=("vocab_size", "n_layer", "n_head", "n_embd", "steps", "batch_size", "lr",
+                                 "eval_every"),
+                 non_negative=("warmup_steps", "min_lr_ratio", "weight_decay", "grad_clip", "save_every"),
+                 choices={"tokenizer_kind": ("char", "bpe")})
+        if self.vocab_size < 260:
+            raise InputError(f"--vocab_size must be at least 260 (3 special and 256 byte tokens come first), "
+                             f"got {self.vocab_size}")
+        if self.n_embd % self.n_head:
+            raise InputError(f"--n_embd={self.n_embd} must be divisible by --n_head={self.n_head}")
+        if self.block_size < 2:
+            raise InputError(f"--block_size must be at least 2, got {self.block_size}")
+        if not 0 <= self.dropout < 1 or not 0 <= self.val_fraction < 1:
+            raise InputError(f"--dropout and --val_fraction must be in [0, 1), got {self.dropout} and "
+                             f"{self.val_fraction}")
 
 
 def encode_texts(tokenizer: Tokenizer, texts: list[str], block_size: int) -> list[list[int]]:
@@ -115,29 +135,35 @@ def pretrain(texts: list[str], out_dir, config: PretrainConfig, tokenizer: Token
     """Train a tokenizer (unless given) and a GPT on `texts`; write a self-contained model directory.
 
     Returns (model, tokenizer). The directory holds config.json, model.safetensors, tokenizer.json,
-    metrics.jsonl (one row per step), plots/ and checkpoints/ for --resume.
+    metrics.jsonl (one row per step), plots/ and checkpoints/ for --resume. Nothing is written (and
+    with --overwrite nothing is deleted) before every input has been checked.
     """
     out = Path(out_dir)
-    ckpt = prepare_out_dir(out, resume, overwrite)
+    if not texts:
+        raise InputError("no texts to train on")
     device = resolve_device(config.device)
-    gen = seed_everything(config.seed)
+    init_distributed(device)
+    ckpt = check_out_dir(out, resume, overwrite)
+    gen = seed_everything(rank_seed(config.seed))  # rank 0: config.seed; its init is broadcast below
     if ckpt is not None:
         tokenizer = Tokenizer.from_file(out / "tokenizer.json")
     elif tokenizer is None:
         tokenizer = Tokenizer.train(texts, config.vocab_size, kind=config.tokenizer_kind)
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(out / "tokenizer.json")
-    save_json(out / "train_config.json", asdict(config))
 
     train_texts, val_texts = train_val_split(texts, config.val_fraction, config.seed)
     train_docs = encode_texts(tokenizer, train_texts, config.block_size)
     val_docs = encode_texts(tokenizer, val_texts, config.block_size)
     model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, n_layer=config.n_layer, n_head=config.n_head,
                           n_embd=config.n_embd, block_size=config.block_size, dropout=config.dropout)).to(device)
+    sync_params(model)
     optimizer = make_adamw(model, config.lr, config.weight_decay)
     start = 0
-    if ckpt is not None:
+    if ckpt is not None:  # read (and checked) before anything is written
         start, _ = load_checkpoint(ckpt, {"model": model}, optimizer, {"data": gen})
+    start_out_dir(out, resume, overwrite)  # --overwrite empties out_dir only now
+    if is_main_process():
+        save_json(out / "train_config.json", asdict(config))
+        tokenizer.save(out / "tokenizer.json")
     truncate_metrics(out / "metrics.jsonl", "step", start)  # rows logged after the checkpoint are redone
     logger = MetricsLogger(out / "metrics.jsonl", enabled=is_main_process())
     bar = progress(config.steps, start, "pretrain", show_progress and is_main_process())
@@ -152,22 +178,24 @@ def pretrain(texts: list[str], out_dir, config: PretrainConfig, tokenizer: Token
             loss = lm_loss(model, ids, tokenizer.pad_id)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(model)                      # torchrun: the mean gradient over ranks
         grad_norm = clip_grad(model, config.grad_clip)
-        row = {"step": step + 1, "train/loss": loss.item(), "train/grad_norm": grad_norm, "train/lr": lr,
-               "time/elapsed_s": time.time() - t0}
-        check_finite(row, step + 1, ["train/loss", "train/grad_norm"])
+        row = mean_across_ranks({"step": step + 1, "train/loss": loss.item(), "train/grad_norm": grad_norm,
+                                 "train/lr": lr, "time/elapsed_s": time.time() - t0})
+        check_finite(row, step + 1, ["train/loss", "train/grad_norm"])  # before the step: no NaN update
         optimizer.step()
-        if val_docs and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps):
+        if val_docs and is_main_process() and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps):
             row["val/loss"] = evaluate_loss(model, val_docs, tokenizer.pad_id, device)
         logger.log(row)
         bar.update(1)
         bar.set_postfix(loss=f"{row['train/loss']:.3f}")
-        if config.save_every and (step + 1) % config.save_every == 0 and is_main_process():
+        if config.save_every and (step + 1) % config.save_every == 0:
             save_checkpoint(out, step + 1, {"model": model}, optimizer, {"data": gen}, {})
     bar.close()
     model.eval()
     if is_main_process():
         model.save_pretrained(out, tokenizer)
-        save_checkpoint(out, config.steps, {"model": model}, optimizer, {"data": gen}, {})
+    save_checkpoint(out, config.steps, {"model": model}, optimizer, {"data": gen}, {})
+    if is_main_process():
         plot_run(out)
     return model, tokenizer

@@ -19,12 +19,16 @@ class TrainingDiverged(InputError):
     """A loss, reward or gradient norm became NaN or inf. The last good checkpoint is kept."""
 
 
-def check_finite(metrics: dict, step: int, keys=None):
-    """Raise TrainingDiverged naming the step and the first non-finite metric."""
+def check_finite(metrics: dict, step: int, keys=None, unit: str = "step"):
+    """Raise TrainingDiverged naming the step (or iteration: `unit`) and the first non-finite metric.
+
+    Trainers call it on the loss and the gradient norm after backward and BEFORE optimizer.step(), so
+    a NaN never reaches the weights, and before any checkpoint of that step is written.
+    """
     for k in keys or metrics:
         v = metrics.get(k)
         if isinstance(v, float) and not math.isfinite(v):
-            raise TrainingDiverged(f"step {step}: {k} is {v}; stopping (the last good checkpoint is kept)")
+            raise TrainingDiverged(f"{unit} {step}: {k} is {v}; stopping (the last good checkpoint is kept)")
 
 
 class MetricsLogger:
