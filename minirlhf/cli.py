@@ -200,6 +200,8 @@ def main(argv=None) -> int:
             _check_inputs_outside_out(args)
             args.fn(args, rest)
         except InputError as e:
+            from .tracking import close_progress_bars
+            close_progress_bars()  # a run stopped mid-way (TrainingDiverged): its bar's line ends first
             print(str(e), file=sys.stderr)
             return 2
         except KeyboardInterrupt:

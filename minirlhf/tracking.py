@@ -66,3 +66,9 @@ def read_metrics(path) -> list[dict]:
 def progress(total: int, initial: int = 0, desc: str = "", enabled: bool = True):
     return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True,
                 file=sys.stderr, leave=True)
+
+
+def close_progress_bars():
+    """End every open bar's line, so that an error printed next starts on a line of its own."""
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
