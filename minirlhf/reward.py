@@ -32,6 +32,9 @@ Choices and simplifications, said out loud:
     policy (lm-human-preferences also fits it before; our losses never see normalised scores, so that
     would change nothing). Training uses raw scores; gain and bias apply whenever the model is called.
   * No dropout (the trunk loads with dropout 0), no gradient accumulation.
+  * Under torchrun (runtime.py), rank r of N takes the r-th of N consecutive batches of the same
+    shuffled order, so together they take the batch of size N·batch_size that one process would;
+    gradients are averaged, metrics are means over ranks, validation and normalisation run on rank 0.
 
 Metrics (metrics.jsonl, one row per step): reward/loss; reward/accuracy (share of the batch's untied
 pairs scored in the right order); reward/ranking_accuracy (share of prompts whose every pair is right);
