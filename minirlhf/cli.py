@@ -122,6 +122,22 @@ def cmd_reward(args, overrides):
     _done(f"saved reward model to {args.out}")
 
 
+def cmd_demo(args, overrides):
+    from .recipes.sentiment_zh import demo_config, print_report, run_demo
+    config = apply_overrides(demo_config(args.quick), overrides)
+    named = {k: getattr(args, k) for k in ("seed", "device") if getattr(args, k) is not None}
+    config = apply_overrides(config, [f"--{k}={v}" for k, v in named.items()])
+    out = args.out or ("runs/demo-quick" if args.quick else "runs/demo")
+    print_report(run_demo(out, config), out)
+
+
+def cmd_evaluate(args, overrides):
+    from .recipes.sentiment_zh import evaluate_saved_run, print_report
+    if overrides:
+        raise InputError(f"evaluate takes no --key=value overrides, got {overrides[0]!r}")
+    print_report(evaluate_saved_run(args.run), args.run)
+
+
 def cmd_plot(args, overrides):
     from .plots import plot_run
     if overrides:
@@ -168,6 +184,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", required=True, help="the pretrained LM directory the trunk (and tokenizer) come from")
     p.add_argument("--loss", choices=LOSSES, help="reward loss (default auto: pairwise for pairs, ranking for rankings)")
     p.set_defaults(fn=cmd_reward)
+
+    from .recipes.sentiment_zh import DemoConfig
+    p = sub.add_parser("demo", help="the flagship: Chinese review-sentiment RLHF, end to end, offline",
+                       epilog=config_help(DemoConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="toy sizes, the same pipeline (about a minute)")
+    p.add_argument("--out", help="run directory (default runs/demo, or runs/demo-quick)")
+    p.add_argument("--device", help="cpu (default) or cuda")
+    p.add_argument("--seed", type=int)
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("evaluate", help="re-evaluate a demo run directory's policy against its reference")
+    p.add_argument("--run", required=True, help="a directory written by minirlhf demo")
+    p.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser("plot", help="plot a run's metrics.jsonl into its plots/ folder")
     p.add_argument("--run", required=True, help="run or stage directory holding metrics.jsonl")

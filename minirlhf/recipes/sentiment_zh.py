@@ -128,7 +128,9 @@ def check_out_dir(out: Path):
 def evaluate(policy, ref, reward, tokenizer, prompts, n, config, seed):
     s = sample_and_score(policy, ref, reward, tokenizer, prompts, n, config.max_new_tokens, seed=seed)
     judged = reviews.judge_positive([p + r for p, r in zip(s.prompts, s.responses)])
-    stats = summary(s) | {"judge_positive_rate": sum(j > 0.5 for j in judged) / len(judged),
+    judged_response = reviews.judge_positive(s.responses)  # stricter: the prompt's own words don't count
+    rate = lambda js: sum(j > 0.5 for j in js) / len(js)  # noqa: E731
+    stats = summary(s) | {"judge_positive_rate": rate(judged), "judge_positive_rate_response": rate(judged_response),
                           "judge_mean": sum(judged) / len(judged)}
     return stats, s, judged
 
@@ -260,11 +262,13 @@ def evaluate_run(out: Path, config: DemoConfig, data, tokenizer, sft, policy, rm
         "kl": {"after": round(res["after", "pool"][0]["kl"], 4)},
         "distinct_2": pick("pool", "distinct_2"),
         "heldout": {"prompts": heldout, "judge_positive_rate": pick("heldout", "judge_positive_rate"),
+                    "judge_positive_rate_response": pick("heldout", "judge_positive_rate_response"),
                     "reward": pick("heldout", "reward"), "kl": {"after": round(res["after", "heldout"][0]["kl"], 4)},
                     "distinct_2": pick("heldout", "distinct_2")},
+        "judge_positive_rate_response": pick("pool", "judge_positive_rate_response"),
         "judge_mean": pick("pool", "judge_mean"),
         "reward_model": load_json(out / "reward" / "test_accuracy.json"),
-        "judge": "snownlp SnowNLP(prompt + response).sentiments > 0.5",
+        "judge": "snownlp SnowNLP(prompt + response).sentiments > 0.5 (_response: the response alone)",
         "config": asdict(config),
     }
     write_samples(out / "samples.md", res, reviews.POOL + heldout[:4])
@@ -339,6 +343,8 @@ def print_report(report: dict, out) -> None:
     print(f"\nrun directory: {out}")
     print(f"judge positive rate (pool)     {j['before']:.3f} -> {j['after']:.3f}")
     print(f"judge positive rate (held-out) {h['before']:.3f} -> {h['after']:.3f}")
+    jr = report["judge_positive_rate_response"]
+    print(f"  response alone (pool)        {jr['before']:.3f} -> {jr['after']:.3f}")
     print(f"reward (pool)                  {report['reward']['before']:+.3f} -> {report['reward']['after']:+.3f}")
     print(f"distinct-2 (pool)              {report['distinct_2']['before']:.3f} -> {report['distinct_2']['after']:.3f}")
     print(f"KL to reference (pool, nats)   {report['kl']['after']:.3f}")
