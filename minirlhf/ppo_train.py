@@ -83,6 +83,8 @@ def train_ppo(prompts: list[str], init_dir, reward_dir, out_dir, config: PPOConf
     tokenizer, policy, ref, reward = load_policy_and_reward(init_dir, reward_dir, device)
     config = replace(config, eos_id=tokenizer.eos_id if config.eos_id is None else config.eos_id,
                      pad_id=tokenizer.pad_id)
+    if config.eos_id == config.pad_id:
+        raise InputError(f"--eos_id={config.eos_id} is the tokenizer's PAD id; EOS must differ from PAD")
     context = min(policy.config.block_size, reward.config.block_size)
     if context - config.max_new_tokens < 1:
         raise InputError(f"--max_new_tokens={config.max_new_tokens} leaves no room for a prompt in the "

@@ -52,6 +52,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import save_json
+from .config import validate
 from .data import Pair, Ranking, train_val_split
 from .errors import InputError
 from .losses import _ordered_pairs, best_of_k_loss, pairwise_loss, plackett_luce_loss, ranking_loss
@@ -118,6 +119,10 @@ class RewardConfig:
         for name in ("steps", "batch_size", "eval_every", "eval_batch_size", "norm_samples", "norm_max_new_tokens"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        validate(self, positive=("lr",), non_negative=("warmup_steps", "min_lr_ratio", "weight_decay", "grad_clip",
+                                                       "save_every", "max_len"))
+        if not 0 <= self.val_fraction < 1:
+            raise InputError(f"--val_fraction must be in [0, 1), got {self.val_fraction}")
 
 
 @dataclass

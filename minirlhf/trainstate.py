@@ -216,8 +216,8 @@ def check_out_dir(out_dir, resume: bool, overwrite: bool, inputs=()) -> Path | N
     if not out.exists() or not any(out.iterdir()):
         return None
     looks_like_run = any((out / m).exists() for m in RUN_MARKERS)
-    if resume:
-        if not looks_like_run:
+    if resume:  # a run writes train_config.json before anything else, so one killed early has it
+        if not (out / "checkpoints").exists() and not (out / "train_config.json").exists():
             raise InputError(f"{out}: --resume, but it holds no minirlhf run (no checkpoints/ or train_config.json)")
         return latest_checkpoint(out)
     if not overwrite:

@@ -109,6 +109,8 @@ def build_world(w: Path) -> dict:
                                "must not be or contain an input", None),
         "overwrite a non-run dir": (["pretrain", "--text", w / "texts.txt", "--out", w / "not_a_run", "--overwrite"],
                                     "only replaces a minirlhf output", None),
+        "resume a non-run dir": (["pretrain", "--text", w / "texts.txt", "--out", w / "not_a_run", "--resume"],
+                                 "holds no minirlhf run", None),
         "resume damaged checkpoint": (["pretrain", "--text", w / "texts.txt", "--out", damaged, "--resume",
                                        "--steps", 4], "model.safetensors", None),
         "resume other model size": (["pretrain", "--text", w / "texts.txt", "--out", run, "--resume", "--steps", 4,
@@ -171,7 +173,8 @@ def results(tmp_path_factory):
 
 CASES = ["text missing", "text empty", "text invalid json", "text missing field", "text mistyped field",
          "unknown override", "mistyped override", "inconsistent config", "bad tokenizer file", "missing flag",
-         "out holds a run", "out holds an input", "overwrite a non-run dir", "resume damaged checkpoint",
+         "out holds a run", "out holds an input", "overwrite a non-run dir", "resume a non-run dir",
+         "resume damaged checkpoint",
          "resume other model size", "ranking lengths differ", "pairs invalid json", "config.json garbage",
          "config.json a list", "config.json n_head", "config.json types", "weights truncated", "vocab mismatch",
          "reward unknown key", "prompts missing", "prompts invalid json", "prompt mistyped",
