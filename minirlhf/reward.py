@@ -60,7 +60,7 @@ from .model import GPT, RewardModel
 from .optim import clip_grad, lr_at, make_adamw, set_lr
 from .plots import plot_run
 from .ranks import scores_to_ranks
-from .runtime import (autocast, average_gradients, dist_info, init_distributed, is_main_process, mean_across_ranks,
+from .runtime import (autocast, average_gradients, init_distributed, is_main_process, mean_across_ranks,
                       resolve_device, seed_everything, sync_params)
 from .sampling import generate, left_pad
 from .tokenizer import Tokenizer

@@ -6,7 +6,6 @@ when none is left; a complete checkpoint with a damaged file is an error, never 
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
