@@ -60,6 +60,22 @@ def sample_and_score(policy: GPT, ref: GPT, reward: RewardModel, tokenizer: Toke
     return out
 
 
+@torch.no_grad()
+def score_texts(rm: RewardModel, tokenizer: Tokenizer, texts: list[str], batch_size: int = 128) -> torch.Tensor:
+    """Reward-model scores (B,) of full texts, each fed as [bos] + text + [eos] (cut to fit the context:
+    a byte-fallback character takes several tokens), left-padded in batches."""
+    from .sampling import left_pad
+    device = next(rm.parameters()).device
+    room = rm.config.block_size - 2
+    out = []
+    for i in range(0, len(texts), batch_size):
+        ids = [[tokenizer.bos_id] + x[:room] + [tokenizer.eos_id] for x in tokenizer.encode_batch(texts[i:i + batch_size])]
+        seq, mask = left_pad(ids, tokenizer.pad_id, device)
+        with autocast(device):
+            out.append(rm(seq, mask).float().cpu())
+    return torch.cat(out)
+
+
 def summary(samples: Samples) -> dict:
     n = max(len(samples.rewards), 1)
     return {"reward": sum(samples.rewards) / n, "kl": sum(samples.kl) / n,

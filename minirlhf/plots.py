@@ -1,4 +1,5 @@
-"""Plots of metrics.jsonl with matplotlib (Agg backend: works headless, in CI and notebooks).
+"""Plots of metrics.jsonl with matplotlib, drawn on a bare `Figure` (no pyplot, no global backend
+switch), so it works headless and in CI and leaves a notebook's own `plt.show()` alone.
 
 matplotlib is imported on the first plot, not with this module: it costs about a second, which every
 `minirlhf` command (and every rejected bad input) would otherwise pay before doing anything.
@@ -8,11 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+def _figure(**kwargs):
+    from matplotlib.figure import Figure
+    return Figure(**kwargs)
 
 
 def plot_metrics(rows: list[dict], keys: list[str], path, x_key: str = "step", title: str = ""):
@@ -20,10 +19,10 @@ def plot_metrics(rows: list[dict], keys: list[str], path, x_key: str = "step", t
     keys = [k for k in keys if any(k in r for r in rows)]
     if not keys:
         return None
-    plt = _pyplot()
     cols = min(3, len(keys))
     nrows = (len(keys) + cols - 1) // cols
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3 * nrows), squeeze=False)
+    fig = _figure(figsize=(4.2 * cols, 3 * nrows))
+    axes = fig.subplots(nrows, cols, squeeze=False)
     for ax, key in zip(axes.flat, keys):
         pts = [(r[x_key], r[key]) for r in rows if key in r and x_key in r and r[key] is not None]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 40 else None)
@@ -37,7 +36,6 @@ def plot_metrics(rows: list[dict], keys: list[str], path, x_key: str = "step", t
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)
 
 

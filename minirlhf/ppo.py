@@ -129,7 +129,8 @@ class PPOConfig:
     pad_id: int = 0
     """PAD token id (must differ from eos_id)."""
     batch_size: int = 64
-    """Rollouts per iteration."""
+    """Rollouts per iteration of a run (train_ppo draws them from the prompt pool); PPOTrainer.step
+    itself samples one rollout per prompt it is given."""
     ppo_epochs: int = 4
     """Passes over each rollout batch, a fresh permutation each."""
     num_minibatches: int = 4

@@ -10,7 +10,7 @@ import math
 import sys
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain tqdm: tqdm.auto warns in kernels without ipywidgets
 
 from .errors import InputError
 

@@ -26,7 +26,7 @@ import torch
 from ..checkpoint import load_json, save_json
 from ..data import Pair
 from ..errors import InputError
-from ..evaluation import sample_and_score, summary
+from ..evaluation import sample_and_score, score_texts, summary
 from ..model import GPT, RewardModel
 from ..plots import plot_metrics
 from ..ppo import PPOConfig
@@ -232,20 +232,9 @@ def reward_accuracy(reward_dir, tokenizer, data, config, device) -> dict:
     """Held-out (test split) pairwise accuracy: P[r(pos) > r(neg)] over aligned test pairs."""
     rm = RewardModel.from_pretrained(reward_dir).to(device).eval()
     n = min(len(data.test_pos), len(data.test_neg))
-    score = lambda texts: _score_texts(rm, tokenizer, [t[:config.max_chars] for t in texts[:n]], device)  # noqa: E731
+    score = lambda texts: score_texts(rm, tokenizer, [t[:config.max_chars] for t in texts[:n]])  # noqa: E731
     pos, neg = score(data.test_pos), score(data.test_neg)
     return {"test_pairs": n, "test_accuracy": (pos > neg).float().mean().item()}
-
-
-def _score_texts(rm, tokenizer, texts, device, batch_size=128) -> torch.Tensor:
-    from ..sampling import left_pad
-    out = []
-    for i in range(0, len(texts), batch_size):
-        room = rm.config.block_size - 2  # byte-fallback characters take several tokens
-        ids = [[tokenizer.bos_id] + x[:room] + [tokenizer.eos_id] for x in tokenizer.encode_batch(texts[i:i + batch_size])]
-        seq, mask = left_pad(ids, tokenizer.pad_id, device)
-        out.append(rm(seq, mask).float().cpu())
-    return torch.cat(out)
 
 
 def evaluate_run(out: Path, config: DemoConfig, data, tokenizer, sft, policy, rm) -> dict:
