@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from .losses import ppo_policy_loss, ppo_value_loss
-from .model import GPT, RewardModel
+from .model import GPT
 from .ops import last_true_index, masked_mean, masked_var, masked_whiten
 from .config import validate
 from .errors import InputError

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import write_tiny_rl_dirs
 import torch
 
 import minirlhf
@@ -67,13 +68,7 @@ def test_ppo_nan_loss_or_gradient_stops_inside_update_before_optimizer_step():
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("guards")
-    tok = Tokenizer.train(TEXTS, 300)
-    torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16, block_size=24)
-    GPT(cfg).save_pretrained(tmp / "sft", tok)
-    RewardModel(cfg).save_pretrained(tmp / "reward", tok)
-    return tmp
+    return write_tiny_rl_dirs(tmp_path_factory.mktemp("guards"), TEXTS)
 
 
 def test_train_ppo_nan_reward_keeps_the_last_good_checkpoint(dirs, tmp_path):

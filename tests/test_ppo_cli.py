@@ -4,9 +4,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import write_tiny_rl_dirs
 import torch
 
-from minirlhf import GPT, GPTConfig, RewardModel, Tokenizer, ValueHead
+from minirlhf import GPT, Tokenizer, ValueHead
 from minirlhf.ppo import PPOConfig
 from minirlhf.ppo_train import train_ppo
 
@@ -15,15 +16,8 @@ TEXTS = ["刚收到货，感觉很好", "这部电影很无聊", "说实话，�
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ppo")
-    tok = Tokenizer.train(TEXTS, 300)
-    torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=32, block_size=32)
-    GPT(cfg).save_pretrained(tmp / "sft", tok)
-    RewardModel(cfg).save_pretrained(tmp / "reward", tok)
-    (tmp / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}, ensure_ascii=False) + "\n"
-                                               for p in ["刚收到货，感觉", "这部电影很"]), encoding="utf-8")
-    return tmp
+    return write_tiny_rl_dirs(tmp_path_factory.mktemp("ppo"), TEXTS, n_embd=32, block_size=32,
+                              prompts=["刚收到货，感觉", "这部电影很"])
 
 
 SMALL = ["--batch_size=8", "--num_minibatches=2", "--ppo_epochs=1", "--max_new_tokens=6"]

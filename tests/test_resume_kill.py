@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import write_tiny_rl_dirs
 import torch
 
-from minirlhf import GPT, GPTConfig, RewardModel, Tokenizer
 from minirlhf.errors import InputError
 from minirlhf.sft import PretrainConfig, pretrain
 from minirlhf.trainstate import latest_checkpoint
@@ -73,15 +73,7 @@ def test_pretrain_killed_with_sigkill_then_resumed_matches_an_unbroken_run(tmp_p
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("kill_ppo")
-    tok = Tokenizer.train(TEXTS, 300)
-    torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16, block_size=24)
-    GPT(cfg).save_pretrained(tmp / "sft", tok)
-    RewardModel(cfg).save_pretrained(tmp / "reward", tok)
-    (tmp / "prompts.jsonl").write_text("".join(json.dumps({"prompt": t[:5]}, ensure_ascii=False) + "\n"
-                                               for t in TEXTS[:6]), encoding="utf-8")
-    return tmp
+    return write_tiny_rl_dirs(tmp_path_factory.mktemp("kill_ppo"), TEXTS, prompts=[t[:5] for t in TEXTS[:6]])
 
 
 def test_ppo_killed_with_sigkill_then_resumed_matches_an_unbroken_run(tiny_models, tmp_path):

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from minirlhf.losses import (best_of_k_loss, pairwise_loss, plackett_luce_loss, ranking_loss,
                              sigmoid_rank_loss)
