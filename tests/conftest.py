@@ -1,7 +1,14 @@
+import os
+
 import pytest
 import torch
 
 from minirlhf import GPT, GPTConfig
+
+# Tests use tiny models, which one thread runs as fast as two; and a second thread that spin-waits for a
+# busy core can make a 5 s test take 100 s on a loaded machine. Subprocesses (CLI tests) inherit this.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 
 @pytest.fixture
