@@ -164,21 +164,32 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def hidden_states(self, input_ids, attention_mask=None, cache: KVCache | None = None,
-                      position_ids=None):
+                      position_ids=None, attn_mask=None):
         """Final-LayerNorm hidden states (B, T, n_embd): what the LM head, value head and reward head read.
 
         With a cache, `input_ids` are the new tokens only and `attention_mask` covers every position so far.
+        `position_ids` (B, T) and `attn_mask` (boolean, (B, 1, T, L), as build_attn_mask makes it) may be
+        passed ready-made: the sampler keeps both up to date instead of rebuilding them every step, and
+        then answers for them (positions are not checked against block_size).
         """
         B, T = input_ids.shape
         if attention_mask is None and cache is None:
             attn_mask = None  # plain causal attention, the fast path
             pos = torch.arange(T, device=input_ids.device).expand(B, T)
+            too_long = T > self.config.block_size
         else:
             if attention_mask is None:
                 raise ValueError("a KV cache needs the attention_mask of all positions so far")
-            attn_mask = build_attn_mask(attention_mask, T)
-            pos = position_ids_from_mask(attention_mask)[:, -T:] if position_ids is None else position_ids
-        if pos.max() >= self.config.block_size:
+            if attn_mask is None:
+                attn_mask = build_attn_mask(attention_mask, T)
+            if position_ids is None:
+                pos = position_ids_from_mask(attention_mask)[:, -T:]
+                # positions never exceed the column count, so the (GPU-syncing) max is needed only past it
+                too_long = (attention_mask.shape[1] > self.config.block_size
+                            and pos.max() >= self.config.block_size)
+            else:
+                pos, too_long = position_ids, False
+        if too_long:
             raise ValueError(f"sequence of {int(pos.max()) + 1} positions exceeds block_size={self.config.block_size}")
         x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):

@@ -67,11 +67,27 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row of a (B, V) probability table, by inverting its CDF: token i is drawn when
+    cdf[i-1] < u ≤ cdf[i] for u uniform on (0, cdf[V-1]], which happens with probability p_i.
+
+    One random number per row. torch.multinomial draws one per vocabulary entry (B·V of them, on one
+    core), which at 64 × 4096 on a CPU cost more than the whole forward step. u > 0, so a token of
+    probability 0 (filtered out by top-k/top-p) is never drawn.
+    """
+    cdf = probs.cumsum(-1)                                                          # (B, V)
+    # drawn where the generator lives (a CPU generator also serves a CUDA model, with the same draws)
+    r = torch.rand(probs.shape[0], 1, generator=generator,
+                   device=generator.device if generator is not None else probs.device)
+    u = (1 - r.to(probs.device)) * cdf[:, -1:]                                     # (B, 1) in (0, cdf[V-1]]
+    return torch.searchsorted(cdf, u).squeeze(-1)                                   # first i with cdf[i] ≥ u
+
+
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
                 generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     """One step: logits (B, V) -> (tokens (B,), logprobs (B,)) under the filtered, tempered distribution."""
     logp = F.log_softmax(filter_logits(logits.float() / temperature, top_k, top_p), dim=-1)
-    tokens = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+    tokens = sample_categorical(logp.exp(), generator)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
 
 
@@ -97,19 +113,26 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     cache = KVCache(model.config, B, P + max_new_tokens)
     hidden = model.hidden_states(ids, prompt_mask, cache)                              # prefill
+    # A step's one query sees every real key so far, and sits at position (real prompt tokens) + t. Both are
+    # kept here, updated in place, rather than rebuilt from the (B, L) mask at every step. (A finished row's
+    # query does not see its own pad key; it still sees its prompt, and its output is never read.)
+    visible = mask.bool()[:, None, None, :]                                            # (B, 1, 1, P+N)
+    first_pos = prompt_mask.sum(-1, keepdim=True)                                      # (B, 1)
     n = 0
     for t in range(max_new_tokens):
         tok, lp = sample_next(model.lm_head(hidden[:, -1]), temperature, top_k, top_p, generator)
         tokens[:, t] = torch.where(finished, pad_id, tok)
         logprobs[:, t] = torch.where(finished, 0.0, lp)
         mask[:, P + t] = (~finished).long()
+        visible[:, 0, 0, P + t] = ~finished
         n = t + 1
         if eos_id is not None:
             finished |= tok == eos_id
             if finished.all():
                 break
         if t + 1 < max_new_tokens:
-            hidden = model.hidden_states(tokens[:, t:t + 1], mask[:, :P + t + 1], cache)  # one step
+            hidden = model.hidden_states(tokens[:, t:t + 1], mask[:, :P + t + 1], cache,     # one step
+                                         position_ids=first_pos + t, attn_mask=visible[..., :P + t + 1])
     model.train(was_training)
     return GenerationOutput(sequences=torch.cat([ids, tokens[:, :n]], 1), attention_mask=mask[:, :P + n],
                             response_mask=mask[:, P:P + n].clone(), logprobs=logprobs[:, :n], prompt_len=P)
