@@ -1,0 +1,115 @@
+"""One PPO iteration, timed and split: rollout (generate / policy forward / reference / scoring), update.
+
+    python benchmarks/bench_ppo.py [--threads N] [--device cpu|cuda] [--repeats 5]
+
+Shape: 64 rollouts × 48 new tokens from 8-token prompts (random ids), no EOS (every response is 48
+tokens), 1 PPO epoch × 4 minibatches of 16; policy, reference and reward model are all the 4-layer,
+256-wide GPT-2 with vocab 4096 (random weights; the reward model is a RewardModel on its own trunk); the
+value head shares the policy trunk (PPOConfig's default). `--device cuda` runs under bf16 autocast.
+
+Figures: the trainer's own time/* metrics (median over --repeats iterations after one warm-up
+iteration), the update's achieved FLOP/s as a fraction of this machine's measured fp32 matmul peak
+(common.matmul_peak_flops, 2048³, measured in the same run; on CUDA the measured bf16 8192³ rate), the
+whole iteration against its compute floor (every FLOP of the iteration at that peak), and peak RSS.
+
+FLOPs counted (B = 64 sequences of T = 56 tokens, P = 8 prompt, R = 48 response; N_trunk = matmul
+parameters without the vocab matrix, V·d = the (tied) LM head; L, d as in common.py):
+    forward over a sequence   B·[T·(2·N_trunk + 4·L·d·T) + R·2·V·d]   (LM head on the response only)
+    policy forward, reference   one forward each;  scoring: the trunk only (no LM head)
+    generation                B·[P·(2·N_trunk + 4·L·d·P) + Σ_t (2·N_trunk + 2·V·d + 4·L·d·(P+t))]
+    update                    3 × the policy forward (forward + backward), summed over the minibatches
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from common import add_common_args, cpu_share, gpt, load_average, peak_flops, peak_rss_mib, report, setup
+from minirlhf import RewardModel
+from minirlhf.ppo import PPOConfig, PPOTrainer
+
+B, P, R = 64, 8, 48
+VOCAB = 4096
+
+
+def iteration_flops(model) -> dict:
+    """Compute each phase must do, by the formulas in the docstring."""
+    c = model.config
+    L, d, T = c.n_layer, c.n_embd, P + R
+    head = VOCAB * d
+    trunk = model.num_params() - model.transformer.wpe.weight.numel() - head
+    forward = B * (T * (2 * trunk + 4 * L * d * T) + R * 2 * head)
+    generate = B * (P * (2 * trunk + 4 * L * d * P)
+                    + sum(2 * trunk + 2 * head + 4 * L * d * (P + t) for t in range(R)))
+    return {"generate": generate, "policy_forward": forward, "reference": forward,
+            "scoring": forward - B * R * 2 * head, "update": 3 * forward}
+
+
+def build(seed: int, device):
+    """(policy, reference, reward model, prompts): the benchmark's models and its 64 prompts."""
+    policy = gpt(vocab_size=VOCAB, block_size=P + R, seed=seed, device=device)
+    ref = gpt(vocab_size=VOCAB, block_size=P + R, seed=seed, device=device)
+    trunk = gpt(vocab_size=VOCAB, block_size=P + R, seed=seed + 1)
+    reward = RewardModel(trunk.config, trunk).to(device).eval()
+    prompts = torch.randint(4, VOCAB, (B, P), generator=torch.Generator().manual_seed(seed)).tolist()
+    return policy, ref, reward, prompts
+
+
+def time_ppo(policy, ref, reward, prompts, repeats: int, seed: int, device) -> tuple[float, dict]:
+    """(median wall seconds of an iteration, median of each time/* metric), after one warm-up iteration."""
+    config = PPOConfig(max_new_tokens=R, batch_size=B, ppo_epochs=1, num_minibatches=4, eos_id=None,
+                       iterations=0, seed=seed, device=str(device))
+    trainer = PPOTrainer(policy, ref, reward, config)
+    rows, walls = [], []
+    for i in range(repeats + 1):
+        t0 = time.perf_counter()
+        row = trainer.step(prompts)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:
+            rows.append(row)
+            walls.append(time.perf_counter() - t0)
+    return statistics.median(walls), {k: statistics.median(r[k] for r in rows) for k in rows[0]
+                                      if k.startswith("time/")}
+
+
+def main():
+    parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    args = parser.parse_args()
+    device = setup(args)
+    policy, ref, reward, prompts = build(args.seed, device)
+    iteration_s, med = time_ppo(policy, ref, reward, prompts, args.repeats, args.seed, device)
+    phases = {"generate": med["time/generate_s"], "policy_forward": med["time/policy_forward_s"],
+              "reference": med["time/reference_s"], "scoring": med["time/scoring_s"],
+              "update": med["time/update_s"]}
+    phases["other"] = iteration_s - med["time/rollout_s"] - med["time/update_s"]  # shaping, GAE, metrics
+
+    print(f"# PPO: {B} rollouts × {R} tokens (prompts {P}), 1 epoch × 4 minibatches, "
+          f"{policy.num_params() / 1e6:.2f}M-param policy, reference and reward model")
+    report("ppo_iteration", iteration_s, "s", ".3f")
+    report("ppo_rollout", med["time/rollout_s"], "s", ".3f")
+    for name, s in phases.items():
+        report(f"ppo_{name}", s, "s", ".3f")
+
+    flops = iteration_flops(policy)
+    peak, peak_name = peak_flops(args, device)
+    print(f"# peak: {peak / 1e9:.1f} GFLOP/s ({peak_name}), {load_average()}")
+    report("ppo_update_achieved", flops["update"] / phases["update"] / 1e9, "GFLOP/s")
+    report("ppo_update_fraction_of_peak", 100 * flops["update"] / phases["update"] / peak, "%")
+    for name in ("generate", "policy_forward", "reference", "scoring"):
+        report(f"ppo_{name}_fraction_of_peak", 100 * flops[name] / phases[name] / peak, "%")
+    floor_s = sum(flops.values()) / peak
+    report("ppo_iteration_compute_floor", floor_s * 1e3, "ms", ".2f")
+    report("ppo_iteration_over_floor", iteration_s / floor_s, "x", ".1f")
+    report("ppo_tokens_per_s", B * R / iteration_s, "response tokens/s")
+    if device.type == "cuda":
+        report("ppo_peak_cuda_memory", torch.cuda.max_memory_allocated(device) / 2**20, "MiB", ".0f")
+    report("ppo_peak_rss", peak_rss_mib(), "MiB", ".0f")
+    print(f"# done, {cpu_share()}")
+
+
+if __name__ == "__main__":
+    main()
