@@ -221,6 +221,13 @@ class GPT(nn.Module):
         return model
 
 
+def fp32_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """A scalar head computed in fp32 even inside bf16 autocast: bf16 keeps 8 bits of mantissa, so a
+    score near −8 would be rounded to steps of 0.06, coarser than the differences PPO learns from."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return layer(x.float())
+
+
 class ValueHead(nn.Module):
     """V(s_t) = w·h_t + b, one scalar per position. Starts at exactly zero (REFERENCES.md item 8)."""
 
@@ -230,8 +237,8 @@ class ValueHead(nn.Module):
         nn.init.zeros_(self.v.weight)
         nn.init.zeros_(self.v.bias)
 
-    def forward(self, hidden):  # (B, T, C) -> (B, T)
-        return self.v(hidden).squeeze(-1)
+    def forward(self, hidden):  # (B, T, C) -> (B, T), in fp32 even under bf16 autocast
+        return fp32_linear(self.v, hidden).squeeze(-1)
 
     def save(self, directory, name="value_head"):
         checkpoint.save_tensors(Path(directory) / f"{name}.safetensors", self.state_dict())
@@ -267,7 +274,7 @@ class RewardModel(nn.Module):
         hidden = self.gpt.hidden_states(input_ids, attention_mask)                  # (B, T, C)
         last = last_true_index(attention_mask)                                      # (B,)
         h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, C)
-        return self.head(h_last).squeeze(-1)
+        return fp32_linear(self.head, h_last).squeeze(-1)
 
     def forward(self, input_ids, attention_mask=None):
         return self.gain * self.raw_scores(input_ids, attention_mask) + self.bias
