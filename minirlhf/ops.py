@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 
 def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
@@ -93,11 +92,23 @@ def shifted_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Ten
     return logprobs_from_logits(logits[:, :-1], input_ids[:, 1:])
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """H = logsumexp(z) - sum_v softmax(z)_v z_v, per position; (..., V) -> (...)."""
+def entropy_from_logits(logits: torch.Tensor, lse: torch.Tensor | None = None) -> torch.Tensor:
+    """H = logsumexp(z) - sum_v softmax(z)_v z_v, per position; (..., V) -> (...).
+
+    `lse`, the logsumexp of the same logits, may be passed in when the caller has it already.
+    """
     logits = logits.float()
-    probs = F.softmax(logits, dim=-1)
-    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
+    lse = torch.logsumexp(logits, dim=-1) if lse is None else lse
+    probs = torch.exp(logits - lse.unsqueeze(-1))
+    return lse - (probs * logits).sum(-1)
+
+
+def logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """logprobs_from_logits and entropy_from_logits sharing one logsumexp (the rollout needs both)."""
+    logits = logits.float()
+    lse = torch.logsumexp(logits, dim=-1)
+    picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return picked - lse, entropy_from_logits(logits, lse)
 
 
 def last_true_index(mask: torch.Tensor) -> torch.Tensor:

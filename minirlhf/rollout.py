@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from .model import GPT, RewardModel, ValueHead
-from .ops import entropy_from_logits, logprobs_from_logits
+from .ops import logprobs_and_entropy, logprobs_from_logits
 
 
 @dataclass
@@ -49,8 +49,7 @@ def response_logprobs(gpt: GPT, hidden, responses, temperature: float, with_entr
     one sampled from (REFERENCES.md item 4); otherwise KL grows too fast.
     """
     logits = gpt.lm_head(hidden).float() / temperature                       # (B, N, V)
-    lp = logprobs_from_logits(logits, responses)
-    return (lp, entropy_from_logits(logits)) if with_entropy else lp
+    return logprobs_and_entropy(logits, responses) if with_entropy else logprobs_from_logits(logits, responses)
 
 
 def sequence_logprobs(gpt: GPT, sequences, attention_mask, prompt_len: int, temperature: float,

@@ -70,3 +70,13 @@ def test_shift_scores_token_i_with_logits_i_minus_1():
 def test_last_true_index():
     mask = torch.tensor([[0, 1, 1, 0], [1, 1, 1, 1], [0, 0, 1, 0]])
     assert last_true_index(mask).tolist() == [2, 3, 2]
+
+
+def test_logprobs_and_entropy_share_one_logsumexp_and_agree():
+    from minirlhf.ops import logprobs_and_entropy
+    logits = 5 * torch.randn(3, 4, 13)
+    tokens = torch.randint(0, 13, (3, 4))
+    lp, ent = logprobs_and_entropy(logits, tokens)
+    torch.testing.assert_close(lp, logprobs_from_logits(logits, tokens))
+    p = torch.softmax(logits, -1)
+    torch.testing.assert_close(ent, -(p * torch.log_softmax(logits, -1)).sum(-1))

@@ -127,3 +127,17 @@ def test_bad_arguments(tiny_gpt):
         generate(tiny_gpt, [[1]], 2, temperature=0)
     with pytest.raises(ValueError, match="at least one token"):
         generate(tiny_gpt, [[]], 2)
+
+
+def test_sample_categorical_frequencies_and_zero_probability_tokens():
+    """Inverse-CDF sampling draws token i with probability p_i, and never a token of probability 0."""
+    from minirlhf.sampling import sample_categorical
+    probs = torch.tensor([0.5, 0.0, 0.2, 0.3, 0.0])
+    g = torch.Generator().manual_seed(0)
+    draws = torch.cat([sample_categorical(probs.expand(1000, 5), g) for _ in range(100)])
+    freq = torch.bincount(draws, minlength=5).float() / len(draws)
+    assert freq[1] == 0 and freq[4] == 0
+    torch.testing.assert_close(freq, probs, atol=0.005, rtol=0)
+    # unnormalised rows (a filtered distribution before renormalising) sample the same shape
+    half = sample_categorical(torch.tensor([[1.0, 0.0, 1.0]]).expand(20000, 3), torch.Generator().manual_seed(1))
+    assert (half != 1).all() and abs((half == 0).float().mean().item() - 0.5) < 0.02
