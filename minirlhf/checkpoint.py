@@ -25,6 +25,10 @@ TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "ml
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers in older transformers files
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path, write_fn):
     """Run write_fn(tmp_path), fsync, and rename over `path`."""
     path = Path(path)
@@ -35,6 +39,7 @@ def atomic_write(path, write_fn):
         write_fn(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file a normal file's mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

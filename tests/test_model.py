@@ -111,3 +111,13 @@ def test_corrupt_or_mismatched_checkpoint_is_one_line_error(tiny_gpt, tmp_path):
 def test_block_size_is_enforced(tiny_gpt):
     with pytest.raises(ValueError, match="block_size"):
         tiny_gpt(torch.zeros(1, 49, dtype=torch.long))
+
+
+def test_saved_files_get_a_normal_files_mode(tiny_gpt, tmp_path):
+    """Atomic writes go through mkstemp (mode 0600): the final file must be readable like any other."""
+    import os
+    tiny_gpt.save_pretrained(tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("config.json", "model.safetensors"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask
