@@ -7,7 +7,7 @@ with the reward model and with snownlp's independent Naive Bayes judge.
 
 How to run:
     CPU:  python examples/sentiment_zh.py                 (≈ the time of `minirlhf demo`)
-          python examples/sentiment_zh.py --quick         (toy size, about a minute)
+          python examples/sentiment_zh.py --quick         (toy size, about 15 s)
     GPU:  python examples/sentiment_zh.py --device cuda
 
 Simplifications: the policy, reference and reward model are one tiny GPT-2 size; the reward model is

@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .recipes.sentiment_zh import DemoConfig
     p = sub.add_parser("demo", help="the flagship: Chinese review-sentiment RLHF, end to end, offline",
                        epilog=config_help(DemoConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="toy sizes, the same pipeline (about a minute)")
+    p.add_argument("--quick", action="store_true", help="toy sizes, the same pipeline (seconds; what the tests run)")
     p.add_argument("--out", help="run directory (default runs/demo, or runs/demo-quick)")
     p.add_argument("--device", help="cpu (default) or cuda")
     p.add_argument("--seed", type=int)

@@ -5,7 +5,7 @@
     prompt pool ──PPO (KL to sft)──▶ policy/   the policy, nudged towards positive reviews
     before vs after ──▶ report.json, samples.md, plots/  judged by snownlp's own classifier too
 
-CPU: `minirlhf demo` (≈ 5–10 min on 2 cores), `minirlhf demo --quick` (toy size, ≈ 1 min).
+CPU: `minirlhf demo` (≈ 2–3 min on 2 cores), `minirlhf demo --quick` (toy size, ≈ 15 s).
 GPU: `minirlhf demo --device cuda`.
 
 The seeds' original example took a pretrained Chinese GPT-2 and a RoBERTa sentiment classifier from a
