@@ -186,8 +186,8 @@ def run_demo(out_dir="runs/demo", config: DemoConfig = DemoConfig(), show_progre
 
     # ---------------------------------------------------------------- 3. PPO
     policy_dir = out / "policy"
-    train_prompts = reviews.POOL + reviews.opening_prompts(data.train_pos + data.train_neg, config.widen_pool,
-                                                           config.seed) if config.widen_pool else reviews.POOL
+    train_prompts = reviews.POOL + (reviews.opening_prompts(data.train_pos + data.train_neg, config.widen_pool,
+                                                            config.seed) if config.widen_pool else [])
     if not is_done(policy_dir, hashes["policy"]):
         t0 = time.time()
         ppo_cfg = PPOConfig(iterations=config.ppo_iterations, batch_size=config.ppo_batch_size,
