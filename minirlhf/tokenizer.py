@@ -8,7 +8,8 @@ Two kinds:
 
 Special tokens are distinct (REFERENCES.md item 2: PAD must not be EOS, or masking PAD hides EOS and the
 model never learns to stop): `<pad>`=0, `<bos>`=1, `<eos>`=2. `encode` adds none of them; a training text
-is `[bos] + encode(text) + [eos]` and a prompt is `[bos] + encode(prompt)`.
+is `[bos] + encode(text) + [eos]` and a prompt is `[bos] + encode(prompt)`. The three are registered as
+special tokens (as any tokenizer.json does), so a text that literally contains "<eos>" encodes it as EOS.
 """
 from __future__ import annotations
 
