@@ -35,19 +35,27 @@ class Samples:
 
 
 @torch.no_grad()
+def sample_batches(policy: GPT, tokenizer: Tokenizer, prompts: list[str], n_per_prompt: int, max_new_tokens: int,
+                   temperature: float = 1.0, seed: int = 0, batch_size: int = 128):
+    """Yield (prompt texts, GenerationOutput) per batch: n_per_prompt samples of each prompt, in order."""
+    gen = torch.Generator().manual_seed(seed)
+    texts = [p for p in prompts for _ in range(n_per_prompt)]
+    for i in range(0, len(texts), batch_size):
+        chunk = texts[i:i + batch_size]
+        ids = [[tokenizer.bos_id] + t for t in tokenizer.encode_batch(chunk)]
+        yield chunk, generate(policy, ids, max_new_tokens, temperature=temperature, eos_id=tokenizer.eos_id,
+                              pad_id=tokenizer.pad_id, generator=gen)
+
+
+@torch.no_grad()
 def sample_and_score(policy: GPT, ref: GPT, reward: RewardModel, tokenizer: Tokenizer, prompts: list[str],
                      n_per_prompt: int, max_new_tokens: int, temperature: float = 1.0, seed: int = 0,
                      batch_size: int = 128) -> Samples:
     """n_per_prompt samples for each prompt, with reward and KL to the reference."""
     device = next(policy.parameters()).device
-    gen = torch.Generator().manual_seed(seed)
-    texts = [p for p in prompts for _ in range(n_per_prompt)]
     out = Samples([], [], [], [])
-    for i in range(0, len(texts), batch_size):
-        chunk = texts[i:i + batch_size]
-        ids = [[tokenizer.bos_id] + t for t in tokenizer.encode_batch(chunk)]
-        g = generate(policy, ids, max_new_tokens, temperature=temperature, eos_id=tokenizer.eos_id,
-                     pad_id=tokenizer.pad_id, generator=gen)
+    for chunk, g in sample_batches(policy, tokenizer, prompts, n_per_prompt, max_new_tokens, temperature, seed,
+                                   batch_size):
         mask = g.response_mask.float()
         with autocast(device):
             lp = sequence_logprobs(policy, g.sequences, g.attention_mask, g.prompt_len, temperature)

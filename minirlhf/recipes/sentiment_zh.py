@@ -26,7 +26,7 @@ import torch
 from ..checkpoint import load_json, save_json
 from ..data import Pair
 from ..errors import InputError
-from ..evaluation import sample_and_score, score_texts, summary
+from ..evaluation import sample_and_score, sample_batches, score_texts, summary
 from ..model import GPT, RewardModel
 from ..plots import plot_metrics
 from ..ppo import PPOConfig
@@ -172,13 +172,14 @@ def run_demo(out_dir="runs/demo", config: DemoConfig = DemoConfig(), show_progre
     if not is_done(reward_dir, hashes["reward"]):
         t0 = time.time()
         pairs = [Pair("", p, n) for p, n in zip(cut(data.train_pos), cut(data.train_neg))]
-        reference = sample_and_score(sft, sft, _ConstantReward(), tokenizer, reviews.POOL, 64,
-                                     config.max_new_tokens, seed=config.seed)
+        reference = [p + r for chunk, g in sample_batches(sft, tokenizer, reviews.POOL, 64, config.max_new_tokens,
+                                                           seed=config.seed)
+                     for p, r in zip(chunk, tokenizer.decode_batch(g.responses.tolist()))]
         rcfg = RewardConfig(loss="pairwise", steps=config.reward_steps, batch_size=config.reward_batch_size,
                             lr=config.reward_lr, seed=config.seed, device=config.device,
                             eval_every=max(config.reward_steps // 3, 1), val_fraction=0.05)
         train_reward_model(pairs, sft_dir, reward_dir, rcfg, tokenizer, overwrite=True, show_progress=show_progress,
-                           reference_texts=[p + r for p, r in zip(reference.prompts, reference.responses)])
+                           reference_texts=reference)
         save_json(reward_dir / "test_accuracy.json", reward_accuracy(reward_dir, tokenizer, data, config, device))
         mark_done(reward_dir, hashes["reward"], time.time() - t0)
     seconds["reward"] = load_json(reward_dir / "stage.json")["seconds"]
@@ -218,13 +219,6 @@ def run_demo(out_dir="runs/demo", config: DemoConfig = DemoConfig(), show_progre
     report["seconds"]["this_invocation"] = round(time.time() - t_start, 1)
     save_json(out / "report.json", report)
     return report
-
-
-class _ConstantReward:
-    """Scores nothing (0): used when only samples are wanted from sample_and_score."""
-
-    def __call__(self, sequences, attention_mask):
-        return torch.zeros(sequences.shape[0], device=sequences.device)
 
 
 @torch.no_grad()
