@@ -1,11 +1,15 @@
 """One PPO iteration, timed and split: rollout (generate / policy forward / reference / scoring), update.
 
     python benchmarks/bench_ppo.py [--threads N] [--device cpu|cuda] [--repeats 5]
+    python benchmarks/bench_ppo.py --device cuda --preset gpt2-124m [--compile]
 
-Shape: 64 rollouts × 48 new tokens from 8-token prompts (random ids), no EOS (every response is 48
-tokens), 1 PPO epoch × 4 minibatches of 16; policy, reference and reward model are all the 4-layer,
-256-wide GPT-2 with vocab 4096 (random weights; the reward model is a RewardModel on its own trunk); the
-value head shares the policy trunk (PPOConfig's default). `--device cuda` runs under bf16 autocast.
+Shape (--preset tiny): 64 rollouts × 48 new tokens from 8-token prompts (random ids), no EOS (every
+response is 48 tokens), 1 PPO epoch × 4 minibatches of 16; policy, reference and reward model are all the
+4-layer, 256-wide GPT-2 with vocab 4096 (random weights; the reward model is a RewardModel on its own
+trunk); the value head shares the policy trunk (PPOConfig's default). `--device cuda` runs under bf16
+autocast. --preset gpt2-124m: the 12-layer, 768-wide GPT-2 (vocab 4096), 256 rollouts × 192 new tokens
+from 64-token prompts, 4 minibatches of 64 sequences (16k tokens each, as pretraining's 16 × 1024).
+--batch, --prompt-len, --new-tokens and --minibatches override a preset; --compile sets PPOConfig.compile.
 
 Figures: the trainer's own time/* metrics (median over --repeats iterations after one warm-up
 iteration), the update's achieved FLOP/s as a fraction of this machine's measured fp32 matmul peak
@@ -31,11 +35,15 @@ from common import add_common_args, cpu_share, gpt, load_average, peak_flops, pe
 from minirlhf import RewardModel
 from minirlhf.ppo import PPOConfig, PPOTrainer
 
-B, P, R = 64, 8, 48
 VOCAB = 4096
+PRESETS = {  # name: (n_layer, n_head, n_embd, batch, prompt length, new tokens, minibatches)
+    "tiny": (4, 4, 256, 64, 8, 48, 4),
+    "gpt2-124m": (12, 12, 768, 256, 64, 192, 4),
+}
+B, P, R = PRESETS["tiny"][3:6]  # the default shape (bench_trl_rloo.py matches it)
 
 
-def iteration_flops(model) -> dict:
+def iteration_flops(model, B: int, P: int, R: int) -> dict:
     """Compute each phase must do, by the formulas in the docstring."""
     c = model.config
     L, d, T = c.n_layer, c.n_embd, P + R
@@ -48,28 +56,30 @@ def iteration_flops(model) -> dict:
             "scoring": forward - B * R * 2 * head, "update": 3 * forward}
 
 
-def build(seed: int, device):
-    """(policy, reference, reward model, prompts): the benchmark's models and its 64 prompts."""
-    policy = gpt(vocab_size=VOCAB, block_size=P + R, seed=seed, device=device)
-    ref = gpt(vocab_size=VOCAB, block_size=P + R, seed=seed, device=device)
-    trunk = gpt(vocab_size=VOCAB, block_size=P + R, seed=seed + 1)
+def build(seed: int, device, n_layer=4, n_head=4, n_embd=256, B=64, P=8, R=48):
+    """(policy, reference, reward model, prompts): the benchmark's models and its B prompts."""
+    shape = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, vocab_size=VOCAB, block_size=P + R)
+    policy = gpt(**shape, seed=seed, device=device)
+    ref = gpt(**shape, seed=seed, device=device)
+    trunk = gpt(**shape, seed=seed + 1)
     reward = RewardModel(trunk.config, trunk).to(device).eval()
     prompts = torch.randint(4, VOCAB, (B, P), generator=torch.Generator().manual_seed(seed)).tolist()
     return policy, ref, reward, prompts
 
 
-def time_ppo(policy, ref, reward, prompts, repeats: int, seed: int, device) -> tuple[float, dict]:
-    """(median wall seconds of an iteration, median of each time/* metric), after one warm-up iteration."""
-    config = PPOConfig(max_new_tokens=R, batch_size=B, ppo_epochs=1, num_minibatches=4, eos_id=None,
-                       iterations=0, seed=seed, device=str(device))
+def time_ppo(policy, ref, reward, prompts, repeats: int, seed: int, device, R: int = 48,
+             minibatches: int = 4, compile: bool = False, warmup: int = 1) -> tuple[float, dict]:
+    """(median wall seconds of an iteration, median of each time/* metric), after `warmup` iterations."""
+    config = PPOConfig(max_new_tokens=R, batch_size=len(prompts), ppo_epochs=1, num_minibatches=minibatches,
+                       eos_id=None, iterations=0, seed=seed, device=str(device), compile=compile)
     trainer = PPOTrainer(policy, ref, reward, config)
     rows, walls = [], []
-    for i in range(repeats + 1):
+    for i in range(repeats + warmup):
         t0 = time.perf_counter()
         row = trainer.step(prompts)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        if i:
+        if i >= warmup:
             rows.append(row)
             walls.append(time.perf_counter() - t0)
     return statistics.median(walls), {k: statistics.median(r[k] for r in rows) for k in rows[0]
@@ -78,27 +88,41 @@ def time_ppo(policy, ref, reward, prompts, repeats: int, seed: int, device) -> t
 
 def main():
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser.add_argument("--preset", choices=PRESETS, default="tiny")
+    for flag in ("batch", "prompt-len", "new-tokens", "minibatches"):
+        parser.add_argument(f"--{flag}", type=int, help="override the preset's value")
+    parser.add_argument("--compile", action="store_true", help="PPOConfig.compile: torch.compile the update")
+    parser.add_argument("--warmup", type=int, help="untimed iterations first (default 1, 3 with --compile)")
+    parser.add_argument("--peak-tflops", type=float, default=989.4, help="CUDA: datasheet dense bf16 peak")
     args = parser.parse_args()
     device = setup(args)
-    policy, ref, reward, prompts = build(args.seed, device)
-    iteration_s, med = time_ppo(policy, ref, reward, prompts, args.repeats, args.seed, device)
+    n_layer, n_head, n_embd, B, P, R, M = PRESETS[args.preset]
+    B, P, R, M = (args.batch or B, args.prompt_len or P, args.new_tokens or R, args.minibatches or M)
+    policy, ref, reward, prompts = build(args.seed, device, n_layer, n_head, n_embd, B, P, R)
+    warmup = args.warmup if args.warmup is not None else (3 if args.compile else 1)
+    iteration_s, med = time_ppo(policy, ref, reward, prompts, args.repeats, args.seed, device, R, M,
+                                args.compile, warmup)
     phases = {"generate": med["time/generate_s"], "policy_forward": med["time/policy_forward_s"],
               "reference": med["time/reference_s"], "scoring": med["time/scoring_s"],
               "update": med["time/update_s"]}
     phases["other"] = iteration_s - med["time/rollout_s"] - med["time/update_s"]  # shaping, GAE, metrics
 
-    print(f"# PPO: {B} rollouts × {R} tokens (prompts {P}), 1 epoch × 4 minibatches, "
-          f"{policy.num_params() / 1e6:.2f}M-param policy, reference and reward model")
+    print(f"# PPO: {B} rollouts × {R} tokens (prompts {P}), 1 epoch × {M} minibatches, "
+          f"{policy.num_params() / 1e6:.2f}M-param ({n_layer}×{n_embd}) policy, reference and reward model"
+          f"{', torch.compile' if args.compile else ''}")
     report("ppo_iteration", iteration_s, "s", ".3f")
     report("ppo_rollout", med["time/rollout_s"], "s", ".3f")
     for name, s in phases.items():
         report(f"ppo_{name}", s, "s", ".3f")
 
-    flops = iteration_flops(policy)
+    flops = iteration_flops(policy, B, P, R)
     peak, peak_name = peak_flops(args, device)
     print(f"# peak: {peak / 1e9:.1f} GFLOP/s ({peak_name}), {load_average()}")
     report("ppo_update_achieved", flops["update"] / phases["update"] / 1e9, "GFLOP/s")
     report("ppo_update_fraction_of_peak", 100 * flops["update"] / phases["update"] / peak, "%")
+    if device.type == "cuda":
+        report("ppo_update_mfu_vs_datasheet_bf16", 100 * flops["update"] / phases["update"] / (args.peak_tflops * 1e12),
+               f"% of {args.peak_tflops} TFLOP/s")
     for name in ("generate", "policy_forward", "reference", "scoring"):
         report(f"ppo_{name}_fraction_of_peak", 100 * flops[name] / phases[name] / peak, "%")
     floor_s = sum(flops.values()) / peak

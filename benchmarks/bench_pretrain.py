@@ -13,7 +13,7 @@ Achieved FLOP/s = tokens/s × (6·N + 12·L·d·T) (common.py: N = parameters in
 T = block_size). Fraction of peak: on CPU against this machine's fp32 2048³ matmul rate (--peak-gflops,
 e.g. bench_peak.py's figure, else measured in the same run); on CUDA against the datasheet dense bf16
 peak (--peak-tflops, default 989.4 = H100/H200 SXM) and against the measured bf16 8192³ matmul rate.
---compile wraps the model in torch.compile (an opt-in the library does not have yet).
+--compile wraps the model in torch.compile, as PretrainConfig.compile (`minirlhf pretrain --compile=true`) does.
 """
 from __future__ import annotations
 

@@ -16,6 +16,9 @@ the contenders timed round-robin (common.interleaved_medians) so machine load hi
   minirlhf   generate(): prefill, then one cached step per token
   naive      the whole sequence through the model for every new token (no KV cache)
   hf         transformers GPT2LMHeadModel.generate(do_sample=True), its own KV cache
+
+On CUDA all three run under bf16 autocast (runtime.autocast), since generate() always does there; on CPU
+all three are fp32.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import torch
 
 from common import add_common_args, cpu_share, gpt, interleaved_medians, report, setup
 from minirlhf import generate
+from minirlhf.runtime import autocast
 from minirlhf.sampling import left_pad, sample_next
 
 SHAPES = [(64, 48), (1, 128)]  # (batch, new tokens)
@@ -37,7 +41,9 @@ def naive_generate(model, prompts, max_new_tokens, generator):
     """No cache: re-run the full (B, P+t) sequence every step and sample from the last position."""
     ids, mask = left_pad(prompts, 0, model.lm_head.weight.device)
     for _ in range(max_new_tokens):
-        tok, _ = sample_next(model(ids, mask)[:, -1], 1.0, 0, 1.0, generator)
+        with autocast(ids.device):
+            logits = model(ids, mask)[:, -1]
+        tok, _ = sample_next(logits, 1.0, 0, 1.0, generator)
         ids = torch.cat([ids, tok[:, None]], 1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
     return ids
@@ -64,7 +70,7 @@ def hf_runner(hf, prompts, max_new_tokens, device):
     eos = hf.config.vocab_size - 1
 
     def run():
-        with torch.no_grad():
+        with torch.no_grad(), autocast(device):
             out = hf.generate(ids, attention_mask=mask, do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
                               max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
                               eos_token_id=eos, pad_token_id=0)

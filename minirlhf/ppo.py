@@ -21,6 +21,7 @@ gradient norm stops it before optimizer.step(), raising TrainingDiverged with th
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -177,6 +178,9 @@ class PPOConfig:
     """Seed for prompt order, sampling and minibatch order."""
     device: str = "cpu"
     """cpu or cuda (bf16 autocast)."""
+    compile: bool = False
+    """Opt-in torch.compile of the update's forward (worth it on a GPU for larger models with fixed-length
+    rollouts, benchmarks/RESULTS.md; each new sequence length recompiles, the first ones slowly)."""
     save_every: int = 0
     """Iterations between resumable checkpoints (0: only at the end)."""
 
@@ -210,6 +214,8 @@ class PPOTrainer:
             m.eval()  # dropout off everywhere (REFERENCES.md item 11); gradients still flow
         for p in ref_policy.parameters():
             p.requires_grad_(False)
+        # the update's forward; torch.compile'd on request, sharing its parameters with self.model
+        self.train_forward = torch.compile(self.model) if config.compile else self.model
         self.optimizer = make_adamw(self.model, config.lr, weight_decay=0.0, eps=1e-5, betas=(0.9, 0.999))
         self.kl_ctl = (AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
                        if config.adaptive_kl else FixedKLController(config.kl_coef))
@@ -221,20 +227,18 @@ class PPOTrainer:
     @torch.no_grad()
     def rollout(self, prompts: list[list[int]]) -> Rollout:
         c = self.config
-        gen = generate(self.model.policy, prompts, c.max_new_tokens, temperature=c.temperature,
-                       eos_id=c.eos_id, pad_id=c.pad_id, generator=self.generator)
+        with self.timed("time/generate_s"):
+            gen = generate(self.model.policy, prompts, c.max_new_tokens, temperature=c.temperature,
+                           eos_id=c.eos_id, pad_id=c.pad_id, generator=self.generator)
         seq, attn, P = gen.sequences, gen.attention_mask, gen.prompt_len
         mask = gen.response_mask.float()
-        t0 = time.perf_counter()
         with autocast(self.device):
-            logprobs, entropy, values = self.model(seq, attn, P, c.temperature, with_entropy=True)
-            self.timing["time/policy_forward_s"] = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            ref_logprobs = sequence_logprobs(self.ref_policy, seq, attn, P, c.temperature)
-            self.timing["time/reference_s"] = time.perf_counter() - t1
-            t2 = time.perf_counter()
-            scores = score(self.reward, seq, attn, mask)
-            self.timing["time/scoring_s"] = time.perf_counter() - t2
+            with self.timed("time/policy_forward_s"):
+                logprobs, entropy, values = self.model(seq, attn, P, c.temperature, with_entropy=True)
+            with self.timed("time/reference_s"):
+                ref_logprobs = sequence_logprobs(self.ref_policy, seq, attn, P, c.temperature)
+            with self.timed("time/scoring_s"):
+                scores = score(self.reward, seq, attn, mask)
         scores = apply_missing_eos_penalty(scores, gen.responses, c.eos_id, c.missing_eos_penalty)
         return Rollout(seq, attn, mask, P, logprobs * mask, ref_logprobs * mask, values * mask,
                        scores, entropy)
@@ -259,7 +263,7 @@ class PPOTrainer:
     def _minibatch_loss(self, mb: Rollout, advantages, returns, n_micro: int):
         c = self.config
         with autocast(self.device):
-            logprobs, values = self.model(mb.sequences, mb.attention_mask, mb.prompt_len, c.temperature)
+            logprobs, values = self.train_forward(mb.sequences, mb.attention_mask, mb.prompt_len, c.temperature)
         pg_loss, pg_stats = ppo_policy_loss(logprobs, mb.logprobs, advantages, mb.response_mask, c.cliprange)
         vf_loss, vf_stats = ppo_value_loss(values, mb.values, returns, mb.response_mask, c.cliprange_value)
         loss = pg_loss + c.vf_coef * vf_loss
@@ -302,17 +306,14 @@ class PPOTrainer:
         if c.iterations and c.lr_schedule == "linear":
             set_lr(self.optimizer, lr_at(self.iteration, c.iterations, c.lr, schedule="linear", min_ratio=0.0))
         self.timing = {}
-        t0 = time.perf_counter()
-        ro = self.rollout(prompts)
-        rollout_s = time.perf_counter() - t0
-        self.timing["time/generate_s"] = rollout_s - sum(self.timing.values())
+        with self.timed("time/rollout_s"):
+            ro = self.rollout(prompts)
         reward_mean = mean_across_ranks({"r": ro.scores.float().mean().item()})["r"]  # NaN on any rank: all stop
         check_finite({"env/reward_mean": reward_mean}, self.iteration + 1, unit="iteration")
         beta = self.kl_ctl.value
         kl, advantages, returns = self.advantages(ro, beta)
-        t1 = time.perf_counter()
-        stats = self.update(ro, advantages, returns)
-        update_s = time.perf_counter() - t1
+        with self.timed("time/update_s"):
+            stats = self.update(ro, advantages, returns)
         kl_per_seq = kl.sum(-1).mean().item()
         world = dist_info()[1]  # the controller sees the KL and the sample count of all ranks, so β stays equal
         self.kl_ctl.update(mean_across_ranks({"kl": kl_per_seq})["kl"], len(prompts) * world)
@@ -329,8 +330,18 @@ class PPOTrainer:
             "ppo/explained_variance": explained_variance(ro.values, returns, m),
             **stats,
             "tokens/response_len": m.sum(-1).mean().item(),
-            "time/rollout_s": rollout_s, "time/update_s": update_s, **self.timing,
+            **self.timing,
         }
+
+    @contextmanager
+    def timed(self, name: str):
+        """Wall seconds of the block into self.timing[name]. On CUDA it waits for the block's kernels, so
+        that each phase is charged its own GPU work, not the next phase (one sync per phase)."""
+        t0 = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.timing[name] = time.perf_counter() - t0
 
     def state_dict(self) -> dict:
         return {"iteration": self.iteration, "kl_coef": self.kl_ctl.value}

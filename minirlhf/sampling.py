@@ -11,6 +11,8 @@ Choices, said out loud:
     top-p. With top_k=0, top_p=1 they equal log_softmax(logits / T), which is what PPO recomputes;
     with filtering on they differ, the known source of "negative KL" (trl #925): PPO keeps them off.
   * Greedy decoding is top_k=1 (its logprobs are then 0).
+  * On CUDA the forward passes run under bf16 autocast, like every other forward in minirlhf
+    (runtime.autocast); the sampling itself is done in fp32. On CPU everything is fp32.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .model import KVCache
+from .runtime import autocast
 
 
 @dataclass
@@ -110,29 +113,31 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
     mask[:, :P] = prompt_mask
     tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
     logprobs = torch.zeros(B, max_new_tokens, device=device)
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
-    cache = KVCache(model.config, B, P + max_new_tokens)
-    hidden = model.hidden_states(ids, prompt_mask, cache)                              # prefill
-    # A step's one query sees every real key so far, and sits at position (real prompt tokens) + t. Both are
-    # kept here, updated in place, rather than rebuilt from the (B, L) mask at every step. (A finished row's
-    # query does not see its own pad key; it still sees its prompt, and its output is never read.)
-    visible = mask.bool()[:, None, None, :]                                            # (B, 1, 1, P+N)
-    first_pos = prompt_mask.sum(-1, keepdim=True)                                      # (B, 1)
-    n = 0
-    for t in range(max_new_tokens):
-        tok, lp = sample_next(model.lm_head(hidden[:, -1]), temperature, top_k, top_p, generator)
-        tokens[:, t] = torch.where(finished, pad_id, tok)
-        logprobs[:, t] = torch.where(finished, 0.0, lp)
-        mask[:, P + t] = (~finished).long()
-        visible[:, 0, 0, P + t] = ~finished
-        n = t + 1
-        if eos_id is not None:
-            finished |= tok == eos_id
-            if finished.all():
-                break
-        if t + 1 < max_new_tokens:
-            hidden = model.hidden_states(tokens[:, t:t + 1], mask[:, :P + t + 1], cache,     # one step
-                                         position_ids=first_pos + t, attn_mask=visible[..., :P + t + 1])
+    with autocast(device):  # bf16 on CUDA, as every forward in minirlhf; nothing on CPU
+        finished = torch.zeros(B, dtype=torch.bool, device=device)
+        cache = KVCache(model.config, B, P + max_new_tokens)
+        hidden = model.hidden_states(ids, prompt_mask, cache)                              # prefill
+        # A step's one query sees every real key so far, and sits at position (real prompt tokens) + t. Both are
+        # kept here, updated in place, rather than rebuilt from the (B, L) mask at every step. (A finished row's
+        # query does not see its own pad key; it still sees its prompt, and its output is never read.)
+        visible = mask.bool()[:, None, None, :]                                            # (B, 1, 1, P+N)
+        first_pos = prompt_mask.sum(-1, keepdim=True)                                      # (B, 1)
+        n = 0
+        for t in range(max_new_tokens):
+            tok, lp = sample_next(model.lm_head(hidden[:, -1]), temperature, top_k, top_p, generator)
+            tokens[:, t] = torch.where(finished, pad_id, tok)
+            logprobs[:, t] = torch.where(finished, 0.0, lp)
+            mask[:, P + t] = (~finished).long()
+            visible[:, 0, 0, P + t] = ~finished
+            n = t + 1
+            if eos_id is not None:
+                finished |= tok == eos_id
+                if finished.all():
+                    break
+            if t + 1 < max_new_tokens:
+                hidden = model.hidden_states(tokens[:, t:t + 1], mask[:, :P + t + 1], cache,     # one step
+                                             position_ids=first_pos + t, attn_mask=visible[..., :P + t + 1])
     model.train(was_training)
     return GenerationOutput(sequences=torch.cat([ids, tokens[:, :n]], 1), attention_mask=mask[:, :P + n],
                             response_mask=mask[:, P:P + n].clone(), logprobs=logprobs[:, :n], prompt_len=P)
+

@@ -198,6 +198,21 @@ def test_gradient_accumulation_gives_the_same_update():
         torch.testing.assert_close(pa, pb, atol=1e-5, rtol=1e-4)
 
 
+def test_compiled_update_gives_the_same_update(monkeypatch):
+    """compile=True traces the update's forward with torch.compile (here its "eager" backend: the same
+    graph capture, no C++ compiler needed) and trains the very parameters the eager run trains."""
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model: compile_(model, backend="eager"))
+    a = make_trainer(eos_id=None, num_minibatches=2, ppo_epochs=1)
+    b = make_trainer(eos_id=None, num_minibatches=2, ppo_epochs=1, compile=True)
+    assert b.train_forward is not b.model
+    a.step([[1, 5]] * 16)
+    b.step([[1, 5]] * 16)
+    for pa, pb in zip(a.model.parameters(), b.model.parameters()):
+        torch.testing.assert_close(pa, pb, atol=1e-6, rtol=1e-5)
+    assert not torch.equal(b.model.policy.lm_head.weight, make_trainer().model.policy.lm_head.weight)
+
+
 def test_separate_critic_starts_from_the_reward_model():
     torch.manual_seed(5)
     rm = RewardModel(CFG).eval()

@@ -141,3 +141,17 @@ def test_sample_categorical_frequencies_and_zero_probability_tokens():
     # unnormalised rows (a filtered distribution before renormalising) sample the same shape
     half = sample_categorical(torch.tensor([[1.0, 0.0, 1.0]]).expand(20000, 3), torch.Generator().manual_seed(1))
     assert (half != 1).all() and abs((half == 0).float().mean().item() - 0.5) < 0.02
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_forward_passes_run_in_bf16_on_cuda_fp32_on_cpu(tiny_gpt, device):
+    """generate() runs its forwards under runtime.autocast (bf16 on CUDA, like training and PPO's recomputed
+    logprobs), while its logprobs stay fp32."""
+    model = tiny_gpt.to(device)
+    seen = []
+    hook = model.transformer.h[0].mlp.c_fc.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    out = generate(model, [[1, 5, 6]], 3, generator=torch.Generator().manual_seed(0))
+    hook.remove()
+    assert set(seen) == {torch.bfloat16 if device == "cuda" else torch.float32}
+    assert out.logprobs.dtype == torch.float32
