@@ -49,4 +49,4 @@ if [ "$DEVICE" = cuda ]; then
         --minibatches 2 --compile
 fi
 echo "=== side by side ($LOG)"
-grep -hE "speedup|_iteration:|mfu|fraction_of_peak|over_floor|cpu share" "$LOG"/*.txt
+grep -E "speedup|_iteration:|mfu|fraction_of_peak|over_floor|cpu share" "$LOG"/*.txt
