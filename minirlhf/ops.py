@@ -99,8 +99,7 @@ def entropy_from_logits(logits: torch.Tensor, lse: torch.Tensor | None = None) -
     """
     logits = logits.float()
     lse = torch.logsumexp(logits, dim=-1) if lse is None else lse
-    probs = torch.exp(logits - lse.unsqueeze(-1))
-    return lse - (probs * logits).sum(-1)
+    return lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)  # fused softmax: one pass fewer than exp(z - lse)
 
 
 def logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

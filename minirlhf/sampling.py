@@ -140,4 +140,3 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
     model.train(was_training)
     return GenerationOutput(sequences=torch.cat([ids, tokens[:, :n]], 1), attention_mask=mask[:, :P + n],
                             response_mask=mask[:, P:P + n].clone(), logprobs=logprobs[:, :n], prompt_len=P)
-
