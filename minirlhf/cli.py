@@ -218,7 +218,7 @@ def _check_inputs_outside_out(args):
 
 
 def main(argv=None) -> int:
-    from .runtime import is_main_process, shutdown_distributed
+    from .runtime import barrier, is_main_process, shutdown_distributed
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     with warnings.catch_warnings():
@@ -228,6 +228,7 @@ def main(argv=None) -> int:
         try:
             _check_inputs_outside_out(args)
             args.fn(args, rest)
+            barrier()  # torchrun: no rank tears the process group down while another still writes or talks
         except InputError as e:
             from .tracking import close_progress_bars
             close_progress_bars()  # a run stopped mid-way (TrainingDiverged): its bar's line ends first
