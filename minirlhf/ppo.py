@@ -26,97 +26,18 @@ from dataclasses import dataclass
 
 import torch
 
+from .advantages import (AdaptiveKLController, FixedKLController, compute_gae, explained_variance,  # noqa: F401
+                         kl_penalty, shape_rewards)
+from .config import validate
 from .losses import ppo_policy_loss, ppo_value_loss
 from .model import GPT
-from .ops import last_true_index, masked_mean, masked_var, masked_whiten
-from .config import validate
+from .ops import masked_mean, masked_whiten
 from .errors import InputError
 from .optim import clip_grad, lr_at, make_adamw, set_lr
 from .rollout import ActorCritic, Rollout, apply_missing_eos_penalty, score, sequence_logprobs
 from .runtime import autocast, average_gradients, dist_info, mean_across_ranks, rank_seed, sync_params
 from .sampling import generate
 from .tracking import check_finite
-
-
-# ---------------------------------------------------------------- the algorithm core: pure functions
-
-def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
-    """Per-token estimate of KL(π ‖ π_ref) from tokens sampled from π (http://joschu.net/blog/kl-approx.html).
-
-    With log r = log π_ref − log π:
-      k1 = −log r                 unbiased, high variance, can be negative per token (the default, as in
-                                  lm-human-preferences and TRL)
-      k2 = ½ (log r)²             biased, low variance, ≥ 0
-      k3 = (r − 1) − log r        unbiased, low variance, ≥ 0 (GRPO's choice)
-    """
-    log_r = ref_logprobs - logprobs
-    if estimator == "k1":
-        return -log_r
-    if estimator == "k2":
-        return 0.5 * log_r ** 2
-    if estimator == "k3":
-        return torch.expm1(log_r) - log_r
-    raise ValueError(f"estimator must be k1, k2 or k3, got {estimator!r}")
-
-
-def shape_rewards(scores, logprobs, ref_logprobs, mask, kl_coef: float, estimator: str = "k1"):
-    """r_t = −β·KL_t for every real response token, and + score at the last real one.
-
-    The last real token is the EOS when the response produced one, else the final token; never a pad
-    (trl #1893). Returns (rewards, kl), both (B, N) and zero on padding.
-    """
-    mask = mask.to(logprobs.dtype)
-    kl = kl_penalty(logprobs, ref_logprobs, estimator) * mask
-    rewards = -kl_coef * kl
-    last = last_true_index(mask)
-    rewards[torch.arange(len(scores), device=scores.device), last] += scores
-    return rewards, kl
-
-
-def compute_gae(rewards, values, mask, gamma: float = 1.0, lam: float = 0.95):
-    """Generalised advantage estimation (Schulman et al. 2016) over right-padded (B, T) responses.
-
-        δ_t = r_t + γ·V_{t+1}·m_{t+1} − V_t,     A_t = δ_t + γλ·A_{t+1}·m_{t+1}
-
-    V and A beyond the last real token count as 0 (the episode has ended), so padding changes nothing.
-    Returns (advantages, returns) with returns = A + V, both zero on padding.
-    """
-    mask = mask.to(values.dtype)
-    values = values * mask
-    T = rewards.shape[1]
-    advantages = torch.zeros_like(rewards)
-    next_adv = torch.zeros_like(rewards[:, 0])
-    next_value = torch.zeros_like(rewards[:, 0])
-    for t in reversed(range(T)):
-        delta = rewards[:, t] + gamma * next_value - values[:, t]
-        next_adv = (delta + gamma * lam * next_adv) * mask[:, t]
-        advantages[:, t] = next_adv
-        next_value = values[:, t]
-    return advantages, (advantages + values) * mask
-
-
-class FixedKLController:
-    """β stays at kl_coef."""
-
-    def __init__(self, kl_coef: float):
-        self.value = kl_coef
-
-    def update(self, current_kl: float, n_steps: int):
-        pass
-
-
-class AdaptiveKLController:
-    """Ziegler et al. 2019: β ← β·(1 + clip((KL − target)/target, −0.2, 0.2)·n/horizon).
-
-    KL is the mean over sequences of the summed per-token KL; n is the number of samples this update.
-    """
-
-    def __init__(self, init_kl_coef: float, target: float, horizon: int):
-        self.value, self.target, self.horizon = init_kl_coef, target, horizon
-
-    def update(self, current_kl: float, n_steps: int):
-        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
-        self.value *= 1.0 + error * n_steps / self.horizon
 
 
 @dataclass
@@ -348,9 +269,3 @@ class PPOTrainer:
 
     def load_state_dict(self, state: dict):
         self.iteration, self.kl_ctl.value = state["iteration"], state["kl_coef"]
-
-
-def explained_variance(values, returns, mask) -> float:
-    """1 − Var[returns − V] / Var[returns] over real tokens: 1 is a perfect critic, ≤ 0 a useless one."""
-    var = masked_var(returns, mask, unbiased=False)
-    return (1 - masked_var(returns - values, mask, unbiased=False) / var.clamp(min=1e-8)).item()
