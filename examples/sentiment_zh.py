@@ -17,7 +17,7 @@ first few dozen characters.
 import argparse
 from dataclasses import replace
 
-from minirlhf.recipes.sentiment_zh import demo_config, print_report, run_demo
+from minirlhf.recipes.sentiment_zh import DemoConfig, print_report, quick_config, run_demo
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--quick", action="store_true")
@@ -25,7 +25,7 @@ parser.add_argument("--device", default="cpu")
 parser.add_argument("--out", default="runs/example-sentiment-zh")
 args = parser.parse_args()
 
-config = replace(demo_config(args.quick), device=args.device)
+config = replace(quick_config() if args.quick else DemoConfig(), device=args.device)
 report = run_demo(args.out, config)
 print_report(report, args.out)
 print(f"\nsamples before/after: {args.out}/samples.md    plots: {args.out}/plots/")

@@ -73,7 +73,7 @@ class FixedKLController:
     """β stays at kl_coef."""
 
     def __init__(self, kl_coef: float):
-        self.value = kl_coef
+        self.kl_coef = kl_coef
 
     def update(self, current_kl: float, n_steps: int):
         pass
@@ -86,11 +86,11 @@ class AdaptiveKLController:
     """
 
     def __init__(self, init_kl_coef: float, target: float, horizon: int):
-        self.value, self.target, self.horizon = init_kl_coef, target, horizon
+        self.kl_coef, self.target, self.horizon = init_kl_coef, target, horizon
 
     def update(self, current_kl: float, n_steps: int):
         error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
-        self.value *= 1.0 + error * n_steps / self.horizon
+        self.kl_coef *= 1.0 + error * n_steps / self.horizon
 
 
 def explained_variance(values, returns, mask) -> float:

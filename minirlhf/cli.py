@@ -71,7 +71,6 @@ def cmd_sample(args, overrides):
     import torch
 
     from .model import GPT
-    from .ppo_train import encode_prompts
     from .runtime import resolve_device
     from .sampling import generate
     from .tokenizer import Tokenizer
@@ -90,7 +89,7 @@ def cmd_sample(args, overrides):
     if room < 1:
         raise InputError(f"--max-new-tokens {args.max_new_tokens} leaves no room for a prompt "
                          f"(block_size={model.config.block_size})")
-    prompt = encode_prompts(tokenizer, [args.prompt], room)[0]  # too long: keeps its end, one warning
+    prompt = tokenizer.encode_prompt(args.prompt, room)  # too long: keeps its end, one warning
     out = generate(model, [prompt] * args.n, args.max_new_tokens, temperature=args.temperature,
                    top_k=args.top_k, top_p=args.top_p, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
                    generator=torch.Generator().manual_seed(args.seed))
@@ -100,7 +99,7 @@ def cmd_sample(args, overrides):
 
 def cmd_ppo(args, overrides):
     from .data import load_prompts
-    from .ppo_train import train_ppo
+    from .ppo import train_ppo
     config = _config_from_args(args, overrides)
     prompts = load_prompts(args.prompts)
     train_ppo(prompts, args.init, args.reward, args.out, config, resume=args.resume, overwrite=args.overwrite)
@@ -123,8 +122,8 @@ def cmd_reward(args, overrides):
 
 
 def cmd_demo(args, overrides):
-    from .recipes.sentiment_zh import demo_config, print_report, run_demo
-    config = apply_overrides(demo_config(args.quick), overrides)
+    from .recipes.sentiment_zh import DemoConfig, print_report, quick_config, run_demo
+    config = apply_overrides(quick_config() if args.quick else DemoConfig(), overrides)
     named = {k: getattr(args, k) for k in ("seed", "device") if getattr(args, k) is not None}
     config = apply_overrides(config, [f"--{k}={v}" for k, v in named.items()])
     out = args.out or ("runs/demo-quick" if args.quick else "runs/demo")
@@ -187,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .recipes.sentiment_zh import DemoConfig
     p = sub.add_parser("demo", help="the flagship: Chinese review-sentiment RLHF, end to end, offline",
-                       epilog=config_help(DemoConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=config_help(DemoConfig()), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="toy sizes, the same pipeline (seconds; what the tests run)")
     p.add_argument("--out", help="run directory (default runs/demo, or runs/demo-quick)")
     p.add_argument("--device", help="cpu (default) or cuda")

@@ -54,19 +54,61 @@ def _parse_value(text: str, typ, name: str):
 
 
 def apply_overrides(config, overrides: list[str]):
-    """Return a copy of `config` with `--key=value` overrides applied (dashes in keys may be `-` or `_`)."""
-    hints = typing.get_type_hints(type(config))
-    valid = [f.name for f in dataclasses.fields(config)]
-    changes = {}
+    """Return a copy of `config` with `--key=value` overrides applied (dashes in keys may be `-` or `_`).
+
+    A field that is itself a config dataclass (the demo's stages) is reached with a dotted key:
+    `--ppo.kl_coef=0.2`. Fields a config names in `shared_fields` (the demo's seed and device) are set once
+    at the top, never inside a stage.
+    """
     for item in overrides:
         if not item.startswith("--") or "=" not in item:
             raise InputError(f"unrecognised argument {item!r}: config overrides are written --key=value")
         key, value = item[2:].split("=", 1)
-        key = key.replace("-", "_")
-        if key not in valid:
-            raise InputError(f"unknown config key {key!r}; valid keys: {', '.join(valid)}")
-        changes[key] = _parse_value(value, hints[key], key)
-    return dataclasses.replace(config, **changes)
+        config = _apply(config, key.replace("-", "_").split("."), value, key)
+    return config
+
+
+def _apply(config, path: list[str], value: str, full_key: str):
+    hints = typing.get_type_hints(type(config))
+    name = path[0]
+    if name not in hints or name not in {f.name for f in dataclasses.fields(config)}:
+        raise InputError(f"unknown config key {full_key!r}{_suggest(config, name)}; valid keys: "
+                         f"{', '.join(_keys(config))}")
+    child = getattr(config, name)
+    if dataclasses.is_dataclass(child):
+        if len(path) == 1:
+            raise InputError(f"--{full_key} is a group of settings: set one of them, e.g. --{name}."
+                             f"{dataclasses.fields(child)[0].name}=...")
+        if path[1] in getattr(type(config), "shared_fields", ()):
+            raise InputError(f"--{full_key}: every stage uses the top-level --{path[1]}; set that instead")
+        return dataclasses.replace(config, **{name: _apply(child, path[1:], value, full_key)})
+    if len(path) > 1:
+        raise InputError(f"unknown config key {full_key!r}; {name} has no sub-settings")
+    return dataclasses.replace(config, **{name: _parse_value(value, hints[name], full_key)})
+
+
+def _keys(config) -> list[str]:
+    """Valid keys, a nested group shown as `group.<key>`."""
+    return [f"{f.name}.<key>" if dataclasses.is_dataclass(getattr(config, f.name)) else f.name
+            for f in dataclasses.fields(config)]
+
+
+def _suggest(config, name: str) -> str:
+    """' (did you mean ppo.kl_coef?)' when `name` is a field of exactly one nested group."""
+    groups = [f.name for f in dataclasses.fields(config) if dataclasses.is_dataclass(getattr(config, f.name))
+              and name in {g.name for g in dataclasses.fields(getattr(config, f.name))}]
+    return f" (did you mean {groups[0]}.{name}?)" if len(groups) == 1 else ""
+
+
+def from_dict(cls, data: dict):
+    """Rebuild a config dataclass (nested groups included) from asdict() output, e.g. a saved demo.json."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            typ = hints[f.name]
+            kwargs[f.name] = from_dict(typ, data[f.name]) if dataclasses.is_dataclass(typ) else data[f.name]
+    return cls(**kwargs)
 
 
 def validate(config, positive=(), non_negative=(), unit_interval=(), choices: dict | None = None):
@@ -90,15 +132,28 @@ def validate(config, positive=(), non_negative=(), unit_interval=(), choices: di
             bad(name, f"one of {', '.join(map(str, allowed))}")
 
 
-def config_help(cls) -> str:
-    """A table of fields, defaults and docstrings for --help."""
-    docs = field_docs(cls)
+def field_docs_all(cls) -> dict[str, str]:
+    """field_docs over the class and its bases (a subclass's docstring wins)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        if dataclasses.is_dataclass(klass):
+            docs.update(field_docs(klass))
+    return docs
+
+
+def config_help(config, prefix: str = "") -> str:
+    """A table of fields, defaults and docstrings for --help. `config` is a config class (its defaults are
+    shown) or an instance (its values are); a nested group's fields are listed as group.key."""
+    cls = config if isinstance(config, type) else type(config)
+    docs = field_docs_all(cls)
     lines = []
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        lines.append(f"  --{f.name}={default}\n      {docs.get(f.name, '')}")
+        if isinstance(config, type):
+            value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        else:
+            value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            lines.append(config_help(value, f"{prefix}{f.name}.").split("\n", 1)[1])
+        else:
+            lines.append(f"  --{prefix}{f.name}={value}\n      {docs.get(f.name, '')}")
     return "config overrides (--key=value):\n" + "\n".join(lines)
-
-
-def to_dict(config) -> dict:
-    return dataclasses.asdict(config)

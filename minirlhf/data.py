@@ -1,4 +1,4 @@
-"""Loading the data files of DESIGN.md ("Data files"), with every bad line reported as file:line.
+"""Loading the data files (texts, prompts, pairs, rankings), every bad line reported as file:line.
 
     texts     .txt, one document a line; or .jsonl {"text": str}
     prompts   {"prompt": str}

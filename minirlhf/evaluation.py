@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
+from .advantages import kl_penalty
 from .model import GPT, RewardModel
-from .rollout import sequence_logprobs
-from .runtime import autocast
-from .sampling import generate
+from .reward_eval import score_sequences
+from .rollout import collect
 from .tokenizer import Tokenizer
 
 
@@ -35,53 +35,31 @@ class Samples:
 
 
 @torch.no_grad()
-def sample_batches(policy: GPT, tokenizer: Tokenizer, prompts: list[str], n_per_prompt: int, max_new_tokens: int,
-                   temperature: float = 1.0, seed: int = 0, batch_size: int = 128):
-    """Yield (prompt texts, GenerationOutput) per batch: n_per_prompt samples of each prompt, in order."""
-    gen = torch.Generator().manual_seed(seed)
-    texts = [p for p in prompts for _ in range(n_per_prompt)]
-    for i in range(0, len(texts), batch_size):
-        chunk = texts[i:i + batch_size]
-        ids = [[tokenizer.bos_id] + t for t in tokenizer.encode_batch(chunk)]
-        yield chunk, generate(policy, ids, max_new_tokens, temperature=temperature, eos_id=tokenizer.eos_id,
-                              pad_id=tokenizer.pad_id, generator=gen)
-
-
-@torch.no_grad()
 def sample_and_score(policy: GPT, ref: GPT, reward: RewardModel, tokenizer: Tokenizer, prompts: list[str],
                      n_per_prompt: int, max_new_tokens: int, temperature: float = 1.0, seed: int = 0,
                      batch_size: int = 128) -> Samples:
-    """n_per_prompt samples for each prompt, with reward and KL to the reference."""
-    device = next(policy.parameters()).device
+    """n_per_prompt samples for each prompt, with reward and KL to the reference: the same rollout
+    (rollout.collect) and the same k1 estimator (advantages.kl_penalty) as PPO's."""
+    gen = torch.Generator().manual_seed(seed)
+    room = policy.config.block_size - max_new_tokens
+    texts = [p for p in prompts for _ in range(n_per_prompt)]
     out = Samples([], [], [], [])
-    for chunk, g in sample_batches(policy, tokenizer, prompts, n_per_prompt, max_new_tokens, temperature, seed,
-                                   batch_size):
-        mask = g.response_mask.float()
-        with autocast(device):
-            lp = sequence_logprobs(policy, g.sequences, g.attention_mask, g.prompt_len, temperature)
-            ref_lp = sequence_logprobs(ref, g.sequences, g.attention_mask, g.prompt_len, temperature)
-            scores = reward(g.sequences, g.attention_mask).float()
+    for i in range(0, len(texts), batch_size):
+        chunk = texts[i:i + batch_size]
+        ro = collect(policy, ref, reward, tokenizer.encode_prompts(chunk, room), max_new_tokens, temperature,
+                     tokenizer.eos_id, tokenizer.pad_id, gen)
         out.prompts += chunk
-        out.responses += tokenizer.decode_batch(g.responses.tolist())
-        out.rewards += scores.tolist()
-        out.kl += ((lp - ref_lp) * mask).sum(-1).tolist()
+        out.responses += tokenizer.decode_batch(ro.responses.tolist())
+        out.rewards += ro.scores.tolist()
+        out.kl += (kl_penalty(ro.logprobs, ro.ref_logprobs, "k1") * ro.response_mask).sum(-1).tolist()
     return out
 
 
-@torch.no_grad()
 def score_texts(rm: RewardModel, tokenizer: Tokenizer, texts: list[str], batch_size: int = 128) -> torch.Tensor:
-    """Reward-model scores (B,) of full texts, each fed as [bos] + text + [eos] (cut to fit the context:
-    a byte-fallback character takes several tokens), left-padded in batches."""
-    from .sampling import left_pad
-    device = next(rm.parameters()).device
-    room = rm.config.block_size - 2
-    out = []
-    for i in range(0, len(texts), batch_size):
-        ids = [[tokenizer.bos_id] + x[:room] + [tokenizer.eos_id] for x in tokenizer.encode_batch(texts[i:i + batch_size])]
-        seq, mask = left_pad(ids, tokenizer.pad_id, device)
-        with autocast(device):
-            out.append(rm(seq, mask).float().cpu())
-    return torch.cat(out)
+    """Reward-model scores (B,) of full texts, each fed as [bos] + text + [eos] like a training sequence (a
+    text too long for the context keeps its start: a byte-fallback character takes several tokens)."""
+    seqs = tokenizer.encode_texts(texts, rm.config.block_size)
+    return score_sequences(rm, seqs, tokenizer.pad_id, batch_size, normalized=True).cpu()
 
 
 def summary(samples: Samples) -> dict:

@@ -29,7 +29,7 @@ def best_of_k_loss(rewards: torch.Tensor, best_idx: torch.Tensor) -> torch.Tenso
 
     rewards (B, K) float, best_idx (B,) long -> scalar.
 
-    Worked example (seed 000's loss_v1): every row is a, a+1, a+2, a+3, so every row has
+    Worked example (the reward-model study notes' loss_v1, docs/references.md): every row is a, a+1, a+2, a+3, so every row has
     log-sum-exp = a + log(1 + e + e^2 + e^3) = a + 3.4402. With best_idx = [0, 1, 2, 3] the
     per-row losses are 3.4402 - 0, -1, -2, -3, and their mean is 3.4402 - 1.5 = 1.9402.
     """
@@ -61,7 +61,7 @@ def _check_ranking_shapes(rewards: torch.Tensor, ranks: torch.Tensor) -> None:
                          f"{tuple(rewards.shape)} and {tuple(ranks.shape)}")
 
 
-def _ordered_pairs(rewards: torch.Tensor, ranks: torch.Tensor):
+def ordered_pairs(rewards: torch.Tensor, ranks: torch.Tensor):
     """For all K-choose-2 pairs (i, j), i < j: r_better - r_worse (B, P) and valid (B, P) bool.
 
     A pair whose two ranks are equal (a tie) has no better member: valid is False there.
@@ -97,7 +97,7 @@ def ranking_loss(rewards: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
     Pairs (0,1): 3-1 = 2; (0,2): 3-2 = 1; (1,2): item 2 is better, 2-1 = 1.
     loss = (log(1+e^-2) + 2 log(1+e^-1)) / 3 = (0.1269 + 0.3133 + 0.3133) / 3 = 0.2512.
     """
-    diff, valid = _ordered_pairs(rewards, ranks)
+    diff, valid = ordered_pairs(rewards, ranks)
     return masked_mean(-F.logsigmoid(diff), valid)
 
 
@@ -129,7 +129,7 @@ def plackett_luce_loss(rewards: torch.Tensor, ranks: torch.Tensor) -> torch.Tens
 
 
 def sigmoid_rank_loss(rewards: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
-    """The original Chinese rank-list example (seed 003): kept to show why it is the wrong loss.
+    """The original Chinese rank-list example (the RLHF Cookbook, docs/references.md): kept to show why it is the wrong loss.
 
         loss = -mean_{pairs} sigma(r_better - r_worse)       (no log; InstructGPT has log sigma)
 
@@ -146,7 +146,7 @@ def sigmoid_rank_loss(rewards: torch.Tensor, ranks: torch.Tensor) -> torch.Tenso
     Worked example: rewards [[3, 1, 2]], ranks [[0, 2, 1]]: differences 2, 1, 1;
     loss = -(0.8808 + 0.7311 + 0.7311) / 3 = -0.7810.
     """
-    diff, valid = _ordered_pairs(rewards, ranks)
+    diff, valid = ordered_pairs(rewards, ranks)
     return -masked_mean(torch.sigmoid(diff), valid)
 
 

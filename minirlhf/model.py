@@ -6,7 +6,7 @@ tanh-approximated GELU, and an LM head tied to the token embedding. Parameter na
 (see checkpoint.py for the on-disk format).
 
 Padding: every forward takes an optional `attention_mask` (B, T) with 1 on real tokens. Positions are
-derived from it (`cumsum(mask) - 1`, REFERENCES.md item 3), and keys at pad positions are masked, so a
+derived from it (`cumsum(mask) - 1`, as Hugging Face's GPT-2 takes position_ids), and keys at pad positions are masked, so a
 left-padded row gives the same logits at its real positions as the unpadded row.
 """
 from __future__ import annotations
@@ -229,7 +229,7 @@ def fp32_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 class ValueHead(nn.Module):
-    """V(s_t) = w·h_t + b, one scalar per position. Starts at exactly zero (REFERENCES.md item 8)."""
+    """V(s_t) = w·h_t + b, one scalar per position. Starts at exactly zero (lm-human-preferences)."""
 
     def __init__(self, n_embd: int):
         super().__init__()
@@ -253,7 +253,7 @@ class RewardModel(nn.Module):
 
     r(x, y) = gain · (w·h_last + b) + bias. The head starts as N(0, 1/sqrt(d+1)) with bias 0
     (lm-human-preferences); `gain`/`bias` are the normalisation fitted after training so that scores on a
-    reference set have mean 0 and std 1 (REFERENCES.md item 7). "Last real token" is the last position with
+    reference set have mean 0 and std 1 (Ziegler et al. 2019). "Last real token" is the last position with
     attention_mask 1, so neither left padding of the prompt nor right padding after EOS can move the score.
     """
 

@@ -44,7 +44,7 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True,
     """Variance of the real entries of x (over all of them; over every rank's with across_ranks).
 
     unbiased=True multiplies by n/(n-1) (Bessel), as lm-human-preferences does for rewards;
-    advantage whitening uses unbiased=False (REFERENCES.md, item 9).
+    advantage whitening uses unbiased=False (as lm-human-preferences does).
     """
     mean = masked_mean(x, mask, across_ranks=across_ranks)
     var = masked_mean((x - mean) ** 2, mask, across_ranks=across_ranks)
@@ -84,12 +84,21 @@ def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Te
     return picked - torch.logsumexp(logits, dim=-1)
 
 
-def shifted_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """The one place where the logits at position i-1 score token i.
+def predicting_positions(x: torch.Tensor, start: int = 1) -> torch.Tensor:
+    """x[:, start-1:-1]: the outputs at the positions that predict tokens start … T−1 of a sequence.
 
-    logits (B, T, V) from a forward pass over input_ids (B, T) -> (B, T-1) logprobs of tokens 1..T-1.
+    The one place where position i−1 stands for token i. GPT-2 is causal, so its output at position i−1 has
+    seen tokens 0 … i−1 only and is the distribution of token i. x (B, T, ...) are logits or hidden states of
+    a forward over the whole sequence: the rollout takes the hidden states that predict (and value) the
+    response, start = prompt length P; `shifted_logprobs` takes logits.
     """
-    return logprobs_from_logits(logits[:, :-1], input_ids[:, 1:])
+    return x[:, start - 1:-1]
+
+
+def shifted_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, start: int = 1) -> torch.Tensor:
+    """log p(token i | tokens < i) for i = start … T−1: logits (B, T, V) of a forward over input_ids (B, T)
+    -> (B, T − start). With start = 1, every token but the first; with start = P, a response after a prompt."""
+    return logprobs_from_logits(predicting_positions(logits, start), input_ids[:, start:])
 
 
 def entropy_from_logits(logits: torch.Tensor, lse: torch.Tensor | None = None) -> torch.Tensor:

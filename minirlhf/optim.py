@@ -1,16 +1,20 @@
-"""Optimizer, learning-rate schedule and gradient clipping shared by every trainer."""
+"""Optimizer, learning-rate schedule, gradient clipping, and the minibatch update loop every RL trainer shares."""
 from __future__ import annotations
 
 import math
 
 import torch
 
+from .runtime import average_gradients
+from .tracking import check_finite
+
 
 def make_adamw(model: torch.nn.Module, lr: float, weight_decay: float = 0.0, eps: float = 1e-8,
                betas=(0.9, 0.95)) -> torch.optim.AdamW:
     """AdamW with decay on matrices only (not on biases, LayerNorms or embeddings' bias-like params).
 
-    RL trainers pass eps=1e-5 (REFERENCES.md item 12: PyTorch's 1e-8 makes early PPO updates too big).
+    RL trainers pass eps=1e-5 (lm-human-preferences; Huang et al. 2023: PyTorch's 1e-8 makes early PPO
+    updates too big).
     """
     decay, no_decay = [], []
     seen = set()
@@ -50,3 +54,44 @@ def set_lr(optimizer, lr: float):
 def clip_grad(model: torch.nn.Module, max_norm: float) -> float:
     """Clip the global gradient norm; returns the norm before clipping (for metrics and NaN checks)."""
     return float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm > 0 else float("inf")))
+
+
+def minibatch_update(model: torch.nn.Module, optimizer, batch_size: int, loss_fn, epochs: int,
+                     num_minibatches: int, accumulation_steps: int, max_grad_norm: float,
+                     generator: torch.Generator, iteration: int, guard: tuple[str, ...] = (),
+                     grad_norm_key: str = "grad_norm") -> dict[str, list]:
+    """epochs × num_minibatches optimizer steps over one batch of `batch_size` rows (a rollout, say).
+
+        for each epoch:    a fresh random permutation of the rows
+          for each minibatch of batch_size / num_minibatches rows:
+            for each of its accumulation_steps micro-batches:  (loss_fn(rows) / accumulation_steps).backward()
+            average gradients over ranks, clip, check for NaN, optimizer.step()
+
+    loss_fn(idx) -> (loss, stats): the mean loss over the rows `idx` (with gradient) and a dict of detached
+    0-dim tensors. The micro-batches of a minibatch give the same gradient as one pass over it (the loss is
+    a mean over equal parts). Before each step the gradient norm and the `guard` stats of the last micro-batch
+    must be finite, or TrainingDiverged names `iteration` and the step never happens. Returns every stat per
+    micro-batch, and `grad_norm_key` per optimizer step, in the order they came.
+    """
+    if batch_size % (num_minibatches * accumulation_steps):
+        raise ValueError(f"batch of {batch_size} does not split into {num_minibatches} minibatches × "
+                         f"{accumulation_steps} micro-batches")
+    device = next(model.parameters()).device
+    mb_size = batch_size // num_minibatches
+    micro = mb_size // accumulation_steps
+    stats: dict[str, list] = {}
+    for _ in range(epochs):
+        perm = torch.randperm(batch_size, generator=generator).to(device)
+        for start in range(0, batch_size, mb_size):
+            optimizer.zero_grad(set_to_none=True)
+            for m in range(start, start + mb_size, micro):
+                loss, s = loss_fn(perm[m:m + micro])
+                (loss / accumulation_steps).backward()
+                for k, v in s.items():
+                    stats.setdefault(k, []).append(v)
+            average_gradients(model)  # torchrun: the mean gradient over ranks
+            grad_norm = clip_grad(model, max_grad_norm)
+            check_finite({grad_norm_key: grad_norm, **{k: s[k].item() for k in guard}}, iteration, unit="iteration")
+            stats.setdefault(grad_norm_key, []).append(torch.tensor(grad_norm))
+            optimizer.step()  # only now: a NaN above never reaches the weights
+    return stats

@@ -8,7 +8,7 @@ CPU: `minirlhf reward --data prefs.jsonl --init runs/lm --out runs/rm` (the trun
 pretrained LM in --init; a few minutes for the default 4-layer model). GPU: add `--device cuda`
 (bf16 autocast) and a bigger batch, e.g. `--batch_size=64`.
 
-InstructGPT batching (Ouyang et al. 2022, sec. 3.5; seed 000): the K responses of one prompt are one
+InstructGPT batching (Ouyang et al. 2022, sec. 3.5): the K responses of one prompt are one
 row of a (B, K) reward tensor, so each response is scored by ONE forward pass and all of its
 K-choose-2 comparisons are formed from those K scores: K forwards per prompt, not the K(K-1) of
 shuffling the pairs apart (which also re-fits each response K-1 times an epoch and overfits). All
@@ -28,7 +28,7 @@ Choices and simplifications, said out loud:
   * Validation holds out whole examples; the same prompt on two lines can land on both sides.
   * The length is a number of optimizer steps; the data are reshuffled every epoch (an epoch is
     len(train) / batch_size steps; InstructGPT trains a single epoch to avoid overfitting).
-  * Normalisation (REFERENCES.md item 7) is fitted once, after training, on samples of the initial
+  * Normalisation (Ziegler et al. 2019) is fitted once, after training, on samples of the initial
     policy (lm-human-preferences also fits it before; our losses never see normalised scores, so that
     would change nothing). Training uses raw scores; gain and bias apply whenever the model is called.
   * No dropout (the trunk loads with dropout 0), no gradient accumulation.
@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -55,17 +55,16 @@ from .checkpoint import save_json
 from .config import validate
 from .data import Pair, Ranking, train_val_split
 from .errors import InputError
-from .losses import _ordered_pairs, best_of_k_loss, pairwise_loss, plackett_luce_loss, ranking_loss
-from .model import GPT, RewardModel
+from .losses import best_of_k_loss, pairwise_loss, plackett_luce_loss, ranking_loss
+from .model import RewardModel
 from .optim import clip_grad, lr_at, make_adamw, set_lr
-from .plots import plot_run
 from .ranks import scores_to_ranks
-from .runtime import (autocast, average_gradients, init_distributed, is_main_process, mean_across_ranks,
+from .reward_eval import fit_reward_normalization, normalization_set, score_sequences, summarize
+from .runtime import (average_gradients, init_distributed, is_main_process, mean_across_ranks,
                       resolve_device, seed_everything, sync_params)
-from .sampling import generate, left_pad
+from .run import Run
 from .tokenizer import Tokenizer
-from .tracking import MetricsLogger, check_finite, progress
-from .trainstate import check_out_dir, load_checkpoint, save_checkpoint, start_out_dir, truncate_metrics
+from .tracking import check_finite
 
 LOSSES = ("auto", "pairwise", "ranking", "plackett_luce", "best_of_k")
 
@@ -147,8 +146,7 @@ def encode_examples(examples: list, tokenizer: Tokenizer, max_len: int) -> tuple
             ranks.append(scores_to_ranks(ex.scores))
         else:
             raise TypeError(f"expected Pair or Ranking, got {type(ex).__name__}")
-    flat = tokenizer.encode_batch([t for ts in texts for t in ts])
-    seqs = [[tokenizer.bos_id] + ids + [tokenizer.eos_id] for ids in flat]
+    seqs = tokenizer.encode_texts([t for ts in texts for t in ts])
     n_cut = sum(len(s) > max_len for s in seqs)
     seqs = iter([s[:max_len] for s in seqs])
     out = [Example(p, [next(seqs) for _ in ts], r) for p, ts, r in zip(prompts, texts, ranks)]
@@ -166,17 +164,10 @@ def resolve_loss(name: str, examples: list[Example]) -> str:
     return name
 
 
-def score_sequences(model: RewardModel, seqs: list[list[int]], pad_id: int, device) -> torch.Tensor:
-    """Raw scores (N,) of N token lists in ONE forward pass (left-padded, attention-masked)."""
-    ids, mask = left_pad(seqs, pad_id, device)              # (N, T), (N, T)
-    with autocast(device):
-        return model.raw_scores(ids, mask).float()
-
-
-def forward_examples(model: RewardModel, batch: list[Example], pad_id: int, device):
+def forward_examples(model: RewardModel, batch: list[Example], pad_id: int):
     """Score every candidate of every example in one forward; return [(rewards (n, K), ranks (n, K))]
     per group of examples with equal K."""
-    scores = score_sequences(model, [s for ex in batch for s in ex.seqs], pad_id, device)
+    scores = score_sequences(model, [s for ex in batch for s in ex.seqs], pad_id)
     groups: dict[int, tuple[list, list]] = {}
     for ex, r in zip(batch, scores.split([len(ex.seqs) for ex in batch])):
         g = groups.setdefault(len(ex.seqs), ([], []))
@@ -210,36 +201,15 @@ def batch_loss(name: str, groups, margin: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def pair_stats(rewards: torch.Tensor, ranks: torch.Tensor) -> dict:
-    """Sums over the untied pairs of (n, K) rewards: pairs, correctly ordered ones, r_better - r_worse,
-    and prompts whose every untied pair is right (a fully correct ranking)."""
-    diff, valid = _ordered_pairs(rewards, ranks)  # (n, P): r_better - r_worse; valid False on tied ranks
-    correct = (diff > 0) & valid                  # equal scores count as wrong
-    return {"pairs": int(valid.sum()), "correct": int(correct.sum()), "margin": float(diff[valid].sum()),
-            "prompts": rewards.shape[0], "ranked": int((correct | ~valid).all(1).sum())}
-
-
-def summarize(groups, prefix: str) -> dict:
-    """Accuracy (untied pairs ordered right), ranking accuracy (prompts fully right), mean margin."""
-    s = {"pairs": 0, "correct": 0, "margin": 0.0, "prompts": 0, "ranked": 0}
-    for r, rk in groups:
-        for k, v in pair_stats(r.float(), rk).items():
-            s[k] += v
-    return {f"{prefix}/accuracy": s["correct"] / max(s["pairs"], 1),
-            f"{prefix}/ranking_accuracy": s["ranked"] / max(s["prompts"], 1),
-            f"{prefix}/margin_mean": s["margin"] / max(s["pairs"], 1)}
-
-
-@torch.no_grad()
 def evaluate(model: RewardModel, examples: list[Example], loss_name: str, margin: float, pad_id: int,
-             device, batch_size: int = 64) -> dict:
+             batch_size: int = 64) -> dict:
     """val/loss (mean over prompts), val/accuracy, val/ranking_accuracy, val/margin_mean."""
     was_training = model.training
     model.eval()
     all_groups, loss_sum = [], 0.0
     for i in range(0, len(examples), batch_size):
         chunk = examples[i:i + batch_size]
-        groups = forward_examples(model, chunk, pad_id, device)
+        groups = forward_examples(model, chunk, pad_id)
         loss_sum += batch_loss(loss_name, groups, margin).item() * len(chunk)
         all_groups += groups
     model.train(was_training)
@@ -257,53 +227,6 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
         out += take
         pos += len(take)
     return out
-
-
-@torch.no_grad()
-def sample_reference(policy: GPT, prompts: list[str], tokenizer: Tokenizer, n: int, max_new_tokens: int,
-                     seed: int, batch_size: int) -> list[list[int]]:
-    """n sequences [bos] prompt ⊕ response sampled (T = 1) from `policy`, cycling through the distinct
-    prompts (BOS alone when there are none); prompts too long for the context keep their end."""
-    block = policy.config.block_size
-    max_new = min(max_new_tokens, block - 1)
-    distinct = list(dict.fromkeys(p for p in prompts if p)) or [""]
-    encoded = [([tokenizer.bos_id] + ids)[-(block - max_new):] for ids in tokenizer.encode_batch(distinct)]
-    device = next(policy.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed + 1)
-    seqs = []
-    for start in range(0, n, batch_size):
-        batch = [encoded[i % len(encoded)] for i in range(start, min(n, start + batch_size))]
-        out = generate(policy, batch, max_new, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, generator=gen)
-        seqs += [row[m.bool()].tolist() for row, m in zip(out.sequences, out.attention_mask)]
-    return seqs
-
-
-@torch.no_grad()
-def fit_reward_normalization(model: RewardModel, seqs: list[list[int]], pad_id: int, device,
-                             batch_size: int = 64) -> dict:
-    """Set gain, bias so that model(seqs) has mean 0, std 1 (REFERENCES.md item 7); return the stats."""
-    was_training = model.training
-    model.eval()
-    raw = torch.cat([score_sequences(model, seqs[i:i + batch_size], pad_id, device)
-                     for i in range(0, len(seqs), batch_size)])
-    model.fit_normalization(raw)
-    model.train(was_training)
-    return {"n": len(seqs), "raw_mean": raw.mean().item(), "raw_std": raw.std(unbiased=False).item(),
-            "gain": model.gain.item(), "bias": model.bias.item()}
-
-
-def normalization_set(reference_texts, init_dir, prompts, tokenizer, config: RewardConfig, max_len: int,
-                      device) -> tuple[list[list[int]], str]:
-    """The sequences normalisation is fitted on, and where they come from: `reference_texts` encoded like
-    training sequences if given, else samples of the --init policy on the training prompts."""
-    if reference_texts is not None:
-        seqs = [([tokenizer.bos_id] + ids + [tokenizer.eos_id])[:max_len]
-                for ids in tokenizer.encode_batch(list(reference_texts))]
-        return seqs, "reference_texts"
-    policy = GPT.from_pretrained(init_dir).to(device)
-    seqs = sample_reference(policy, prompts, tokenizer, config.norm_samples, config.norm_max_new_tokens,
-                            config.seed, config.eval_batch_size)
-    return seqs, f"{config.norm_samples} samples of the --init policy on the training prompts"
 
 
 def train_reward_model(examples: list, init_dir, out_dir, config: RewardConfig, tokenizer: Tokenizer,
@@ -346,17 +269,10 @@ def train_reward_model(examples: list, init_dir, out_dir, config: RewardConfig, 
 
     model.to(device)
     optimizer = make_adamw(model, config.lr, config.weight_decay)
-    ckpt = check_out_dir(out, resume, overwrite)
-    start = 0
-    if ckpt is not None:                                         # read (and checked) before any write
-        start, _ = load_checkpoint(ckpt, {"model": model}, optimizer, {})
-    start_out_dir(out, resume, overwrite)                        # nothing is written before this line
-    if is_main_process():
-        save_json(out / "train_config.json", {**asdict(config), "loss": loss_name})
-        tokenizer.save(out / "tokenizer.json")
-    truncate_metrics(out / "metrics.jsonl", "step", start)
-    logger = MetricsLogger(out / "metrics.jsonl", enabled=is_main_process())
-    bar = progress(config.steps, start, "reward", show_progress and is_main_process())
+    run = Run(out, "reward", config.steps, resume, overwrite, inputs=(init_dir,), save_every=config.save_every,
+              show_progress=show_progress)
+    start, _ = run.restore({"model": model}, optimizer, {})      # read (and checked) before any write
+    run.begin(config, tokenizer, start, loss=loss_name)          # nothing is written before this line
     batch_size = min(config.batch_size, len(train_ex))
     model.train()
     t0 = time.time()
@@ -366,7 +282,7 @@ def train_reward_model(examples: list, init_dir, out_dir, config: RewardConfig, 
         # torchrun: rank r takes the r-th of `world` consecutive batches, so together they are the
         # batch of size world·batch_size that a single process would take at this step
         batch = [train_ex[i] for i in batch_indices(step * world + rank, len(train_ex), batch_size, config.seed)]
-        groups = forward_examples(model, batch, tokenizer.pad_id, device)   # ONE forward, Σ K sequences
+        groups = forward_examples(model, batch, tokenizer.pad_id)   # ONE forward, Σ K sequences
         loss = batch_loss(loss_name, groups, config.margin)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -381,25 +297,18 @@ def train_reward_model(examples: list, init_dir, out_dir, config: RewardConfig, 
         check_finite(row, step + 1, ["reward/loss", "reward/grad_norm"])  # before the step: no NaN update
         optimizer.step()
         if val_ex and is_main_process() and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps):
-            row.update(evaluate(model, val_ex, loss_name, config.margin, tokenizer.pad_id, device,
-                                config.eval_batch_size))
-        logger.log(row)
-        bar.update(1)
-        bar.set_postfix(loss=f"{row['reward/loss']:.3f}", acc=f"{row['reward/accuracy']:.2f}")
-        if config.save_every and (step + 1) % config.save_every == 0:   # every rank (RNG states gathered)
-            save_checkpoint(out, step + 1, {"model": model}, optimizer, {}, {})
-    bar.close()
+            row.update(evaluate(model, val_ex, loss_name, config.margin, tokenizer.pad_id, config.eval_batch_size))
+        run.log(row, loss=f"{row['reward/loss']:.3f}", acc=f"{row['reward/accuracy']:.2f}")
+        run.maybe_checkpoint(step + 1)                           # every rank (RNG states gathered)
     model.eval()
 
-    if config.normalize and is_main_process():  # REFERENCES.md item 7: scores of the initial policy's samples -> N(0, 1)
-        seqs, source = normalization_set(reference_texts, init_dir, [e.prompt for e in train_ex], tokenizer,
-                                         config, max_len, device)
-        stats = fit_reward_normalization(model, seqs, tokenizer.pad_id, device, config.eval_batch_size)
-        save_json(out / "normalization.json", {"source": source, **stats})
-        logger.log({"step": config.steps, **{f"norm/{k}": v for k, v in stats.items() if k != "n"}})
-    if is_main_process():
+    def save():  # rank 0: normalise (scores of the initial policy's samples -> N(0, 1)), then write the model
+        if config.normalize:
+            seqs, source = normalization_set(reference_texts, init_dir, [e.prompt for e in train_ex], tokenizer,
+                                             config, max_len, device)
+            stats = fit_reward_normalization(model, seqs, tokenizer.pad_id, config.eval_batch_size)
+            save_json(out / "normalization.json", {"source": source, **stats})
+            run.logger.log({"step": config.steps, **{f"norm/{k}": v for k, v in stats.items() if k != "n"}})
         model.save_pretrained(out, tokenizer)
-    save_checkpoint(out, config.steps, {"model": model}, optimizer, {}, {})
-    if is_main_process():
-        plot_run(out)
+    run.finish(save)
     return model

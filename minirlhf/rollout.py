@@ -1,22 +1,29 @@
-"""The rollout shared by every online RL trainer (PPO now; GRPO and RLOO use the same pieces).
+"""The rollout shared by every online RL trainer (PPO, GRPO, RLOO) and by the evaluation of any policy.
 
-    prompts ──generate──▶ sequences ──policy / reference forward──▶ logprobs, ref_logprobs
+    prompts ──generate──▶ sequences ──policy / reference forward──▶ logprobs, ref_logprobs (, values)
             ──reward──▶ one score per sequence, read at the last real token
 
+`collect` does all of it for one batch and returns a `Rollout`; what a trainer does next (KL shaping and
+GAE for PPO, group baselines for GRPO and RLOO) lives in advantages.py.
+
 Alignment, the classic source of off-by-one bugs (trl #15, DeepSpeed-Chat #672): response token t sits
-at column P+t of `sequences`; its logprob comes from the logits at column P+t-1 (ops.shifted_logprobs
+at column P+t of `sequences`; its logprob comes from the output at column P+t-1 (ops.predicting_positions
 does that shift), and its value V(s_t) is read from the hidden state at the same column P+t-1 — the
 state *before* the token is chosen.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-import torch.nn as nn
 
-from .model import GPT, RewardModel, ValueHead
-from .ops import logprobs_and_entropy, logprobs_from_logits
+from .errors import InputError
+from .model import GPT, RewardModel
+from .ops import logprobs_and_entropy, logprobs_from_logits, predicting_positions
+from .runtime import PhaseTimer, autocast
+from .sampling import generate
+from .tokenizer import Tokenizer
 
 
 @dataclass
@@ -31,6 +38,10 @@ class Rollout:
     scores: torch.Tensor          # (B,) reward per sequence (after any missing-EOS penalty)
     entropy: torch.Tensor         # (B, N) policy entropy per response position
 
+    @property
+    def responses(self) -> torch.Tensor:
+        return self.sequences[:, self.prompt_len:]
+
     def minibatch(self, idx: torch.Tensor) -> "Rollout":
         """The rows `idx` of every tensor field."""
         return Rollout(**{k: (v[idx] if torch.is_tensor(v) else v) for k, v in self.__dict__.items()})
@@ -38,15 +49,15 @@ class Rollout:
 
 def response_hidden(gpt: GPT, sequences, attention_mask, prompt_len: int) -> torch.Tensor:
     """Hidden states at columns P-1 … P+N-2: those that predict (and value) response tokens 0 … N-1."""
-    hidden = gpt.hidden_states(sequences, attention_mask)
-    return hidden[:, prompt_len - 1:-1]
+    return predicting_positions(gpt.hidden_states(sequences, attention_mask), prompt_len)
 
 
 def response_logprobs(gpt: GPT, hidden, responses, temperature: float, with_entropy: bool = False):
     """logprobs (B, N) of `responses` under softmax(logits / T), from response_hidden's output.
 
     Dividing by the sampling temperature here, every time, keeps the recomputed distribution equal to the
-    one sampled from (REFERENCES.md item 4); otherwise KL grows too fast.
+    one sampled from (lm-human-preferences; "The N implementation details of RLHF with PPO", Huang et al.
+    2023); otherwise KL grows too fast.
     """
     logits = gpt.lm_head(hidden).float() / temperature                       # (B, N, V)
     return logprobs_and_entropy(logits, responses) if with_entropy else logprobs_from_logits(logits, responses)
@@ -57,50 +68,6 @@ def sequence_logprobs(gpt: GPT, sequences, attention_mask, prompt_len: int, temp
     """Response logprobs (B, N) (and entropy) of `sequences` under `gpt`: used for the reference model."""
     hidden = response_hidden(gpt, sequences, attention_mask, prompt_len)
     return response_logprobs(gpt, hidden, sequences[:, prompt_len:], temperature, with_entropy)
-
-
-class ActorCritic(nn.Module):
-    """The policy and its value function.
-
-    value_model="shared": one trunk, two heads (the seed's GPT2HeadWithValueModel, TRL's
-      AutoModelForCausalLMWithValueHead): cheap, one forward gives logprobs and values, but the value loss
-      pulls on the policy's features (vf_coef weighs that).
-    value_model="separate": the critic is its own GPT-2 trunk, initialised from the reward model when one
-      is given (Stiennon et al. 2020; OpenRLHF): values start close to the final score and the policy's
-      features are left alone, at twice the memory and compute.
-    """
-
-    def __init__(self, policy: GPT, critic_trunk: GPT | None = None):
-        super().__init__()
-        self.policy = policy
-        self.critic = critic_trunk
-        self.value_head = ValueHead(policy.config.n_embd)
-
-    @classmethod
-    def build(cls, policy: GPT, value_model: str, reward_model: RewardModel | None = None) -> "ActorCritic":
-        if value_model == "shared":
-            return cls(policy)
-        if value_model != "separate":
-            raise ValueError(f"value_model must be 'shared' or 'separate', got {value_model!r}")
-        source = reward_model.gpt if isinstance(reward_model, RewardModel) else policy
-        critic = GPT(source.config).to(next(policy.parameters()).device)
-        critic.load_state_dict(source.state_dict())
-        ac = cls(policy, critic)
-        if isinstance(reward_model, RewardModel):  # V starts as the normalised score of each prefix
-            with torch.no_grad():
-                ac.value_head.v.weight.copy_(reward_model.gain * reward_model.head.weight)
-                ac.value_head.v.bias.copy_(reward_model.gain * reward_model.head.bias + reward_model.bias)
-        return ac
-
-    def forward(self, sequences, attention_mask, prompt_len: int, temperature: float, with_entropy=False):
-        """-> logprobs (B, N), values (B, N)[, entropy (B, N)] for the response part of `sequences`."""
-        responses = sequences[:, prompt_len:]
-        hidden = response_hidden(self.policy, sequences, attention_mask, prompt_len)
-        out = response_logprobs(self.policy, hidden, responses, temperature, with_entropy)
-        if self.critic is not None:
-            hidden = response_hidden(self.critic, sequences, attention_mask, prompt_len)
-        values = self.value_head(hidden).float()
-        return (*out, values) if with_entropy else (out, values)
 
 
 def score(reward, sequences, attention_mask, response_mask) -> torch.Tensor:
@@ -118,3 +85,53 @@ def apply_missing_eos_penalty(scores, responses, eos_id: int | None, penalty: fl
         return scores
     has_eos = (responses == eos_id).any(-1)
     return torch.where(has_eos, scores, torch.full_like(scores, penalty))
+
+
+@torch.no_grad()
+def collect(policy: GPT, ref_policy: GPT, reward, prompts: list[list[int]], max_new_tokens: int,
+            temperature: float = 1.0, eos_id: int | None = None, pad_id: int = 0,
+            generator: torch.Generator | None = None, missing_eos_penalty: float | None = None,
+            value_fn=None, timer: PhaseTimer | None = None) -> Rollout:
+    """One batch of experience: sample a response to every prompt, then score it every way a trainer needs.
+
+    prompts are token lists ([bos] + encode(prompt)); `reward` is a RewardModel or fn(sequences, response_mask).
+    `value_fn(hidden, sequences, attention_mask, prompt_len) -> (B, N)` gives the critic's values from the
+    policy's response hidden states (PPO); without it `values` is None (GRPO, RLOO, evaluation). Sampling is
+    plain (no top-k / top-p), so the distribution sampled from is the one whose logprobs are optimised.
+    `timer` records time/generate_s, policy_forward_s, reference_s and scoring_s.
+    """
+    timer = timer or PhaseTimer()
+    device = next(policy.parameters()).device
+    with timer("time/generate_s"):
+        gen = generate(policy, prompts, max_new_tokens, temperature=temperature, eos_id=eos_id, pad_id=pad_id,
+                       generator=generator)
+    seq, attn, P = gen.sequences, gen.attention_mask, gen.prompt_len
+    mask = gen.response_mask.float()
+    with autocast(device):
+        with timer("time/policy_forward_s"):
+            hidden = response_hidden(policy, seq, attn, P)
+            logprobs, entropy = response_logprobs(policy, hidden, gen.responses, temperature, with_entropy=True)
+            values = value_fn(hidden, seq, attn, P) * mask if value_fn is not None else None
+        with timer("time/reference_s"):
+            ref_logprobs = sequence_logprobs(ref_policy, seq, attn, P, temperature)
+        with timer("time/scoring_s"):
+            scores = score(reward, seq, attn, mask)
+    scores = apply_missing_eos_penalty(scores, gen.responses, eos_id, missing_eos_penalty)
+    return Rollout(seq, attn, mask, P, logprobs * mask, ref_logprobs * mask, values, scores, entropy)
+
+
+def load_policy_and_reward(init_dir, reward_dir, device):
+    """(tokenizer, policy, frozen reference, reward model) of an online RL run, checking that they share
+    one vocabulary."""
+    tokenizer = Tokenizer.from_file(Path(init_dir) / "tokenizer.json")
+    policy = GPT.from_pretrained(init_dir).to(device)
+    ref = GPT.from_pretrained(init_dir).to(device)
+    reward = RewardModel.from_pretrained(reward_dir).to(device)
+    for name, cfg in (("--init", policy.config), ("--reward", reward.config)):
+        if cfg.vocab_size != tokenizer.vocab_size:
+            raise InputError(f"{name}: model has {cfg.vocab_size} tokens but {init_dir}/tokenizer.json has "
+                             f"{tokenizer.vocab_size}")
+    reward_tok = Path(reward_dir) / "tokenizer.json"
+    if reward_tok.exists() and Tokenizer.from_file(reward_tok).tok.to_str() != tokenizer.tok.to_str():
+        raise InputError(f"{reward_tok}: the reward model was trained with a different tokenizer than {init_dir}")
+    return tokenizer, policy, ref, reward

@@ -5,8 +5,8 @@ CPU by default; defaults never query CUDA. `--device cuda` runs in bf16 autocast
 Data parallelism, the plain way (`torchrun --nproc_per_node N -m minirlhf <stage> ...`):
   * every process (rank) holds a full copy of the model; `sync_params` copies rank 0's weights to the
     others once, so randomly initialised heads start equal;
-  * each rank draws its own data / rollouts from its own seed, `seed + rank·100003` (REFERENCES.md
-    item 13), so ranks never sample identical batches; `batch_size` is per rank;
+  * each rank draws its own data / rollouts from its own seed, `seed + rank·100003` (N+ implementation
+    details of RLHF with PPO, Huang et al. 2024), so ranks never sample identical batches; `batch_size` is per rank;
   * after backward, `average_gradients` all-reduces the gradients (one flat buffer, divided by the
     number of ranks), so every rank takes the same optimizer step and the weights stay identical. This
     is what DistributedDataParallel does, minus overlapping the all-reduce with backward: it works
@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import time
 
 import torch
 import torch.distributed as dist
@@ -59,6 +60,25 @@ def autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+class PhaseTimer:
+    """Wall seconds of named phases: `with timer("time/generate_s"): ...`, read from `timer.times`.
+
+    On CUDA each phase waits for its own kernels before the clock stops (one synchronize per phase), so a
+    phase is not charged the GPU work of the one before it. Without a timer, `PhaseTimer.off()` times nothing.
+    """
+
+    def __init__(self, device: torch.device | None = None):
+        self.device, self.times = device, {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        yield
+        if self.device is not None and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.times[name] = time.perf_counter() - t0
 
 
 def dist_info() -> tuple[int, int]:

@@ -4,7 +4,7 @@
 
 Choices, said out loud:
   * Left padding, so every row's next token is written at the same column; positions come from the
-    attention mask, so a padded row samples exactly what it would alone (REFERENCES.md item 3).
+    attention mask, so a padded row samples exactly what it would alone.
   * A row that emits EOS is finished: afterwards it emits PAD, its response_mask is 0 there and its
     logprob is 0. EOS itself is a real response token (mask 1), so the policy learns to stop.
   * `logprobs` are those of the distribution actually sampled from: after temperature, top-k and
@@ -140,3 +140,21 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
     model.train(was_training)
     return GenerationOutput(sequences=torch.cat([ids, tokens[:, :n]], 1), attention_mask=mask[:, :P + n],
                             response_mask=mask[:, P:P + n].clone(), logprobs=logprobs[:, :n], prompt_len=P)
+
+
+@torch.no_grad()
+def sample_batches(model, tokenizer, prompts: list[str], n_per_prompt: int, max_new_tokens: int,
+                   temperature: float = 1.0, seed: int = 0, batch_size: int = 128):
+    """Yield (prompt texts, GenerationOutput) per batch: n_per_prompt samples of each text prompt, in order.
+
+    Prompts are fed as tokenizer.encode_prompts gives them ([bos] + ids, a too-long one keeps its end, with
+    one warning); the draws come from one CPU generator seeded `seed`, so they are the same on any device.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    room = model.config.block_size - max_new_tokens
+    texts = [p for p in prompts for _ in range(n_per_prompt)]
+    for i in range(0, len(texts), batch_size):
+        chunk = texts[i:i + batch_size]
+        ids = tokenizer.encode_prompts(chunk, room)
+        yield chunk, generate(model, ids, max_new_tokens, temperature=temperature, eos_id=tokenizer.eos_id,
+                              pad_id=tokenizer.pad_id, generator=gen)

@@ -14,24 +14,21 @@ longer than block_size are cut at the end. No packing, no gradient accumulation.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import save_json
 from .data import train_val_split
 from .model import GPT, GPTConfig
 from .optim import clip_grad, lr_at, make_adamw, set_lr
-from .plots import plot_run
 from .config import validate
 from .errors import InputError
 from .runtime import (autocast, average_gradients, init_distributed, is_main_process, mean_across_ranks,
                       rank_seed, resolve_device, seed_everything, sync_params)
+from .run import Run
 from .tokenizer import Tokenizer
-from .tracking import MetricsLogger, check_finite, progress
-from .trainstate import check_out_dir, load_checkpoint, save_checkpoint, start_out_dir, truncate_metrics
+from .tracking import check_finite
 
 
 @dataclass
@@ -95,12 +92,6 @@ class PretrainConfig:
                              f"{self.val_fraction}")
 
 
-def encode_texts(tokenizer: Tokenizer, texts: list[str], block_size: int) -> list[list[int]]:
-    """Each text -> [bos] + encode(text) + [eos], cut to block_size tokens."""
-    return [([tokenizer.bos_id] + ids + [tokenizer.eos_id])[:block_size]
-            for ids in tokenizer.encode_batch(texts)]
-
-
 def collate(docs: list[list[int]], pad_id: int) -> torch.Tensor:
     """Right-pad token lists into a (B, T) tensor."""
     T = max(len(d) for d in docs)
@@ -141,35 +132,27 @@ def pretrain(texts: list[str], out_dir, config: PretrainConfig, tokenizer: Token
     metrics.jsonl (one row per step), plots/ and checkpoints/ for --resume. Nothing is written (and
     with --overwrite nothing is deleted) before every input has been checked.
     """
-    out = Path(out_dir)
     if not texts:
         raise InputError("no texts to train on")
     device = resolve_device(config.device)
     init_distributed(device)
-    ckpt = check_out_dir(out, resume, overwrite)
+    run = Run(out_dir, "pretrain", config.steps, resume, overwrite, save_every=config.save_every,
+              show_progress=show_progress)
     gen = seed_everything(rank_seed(config.seed))  # rank 0: config.seed; its init is broadcast below
-    if ckpt is not None:
-        tokenizer = Tokenizer.from_file(out / "tokenizer.json")
+    if run.ckpt is not None:
+        tokenizer = Tokenizer.from_file(run.out / "tokenizer.json")
     elif tokenizer is None:
         tokenizer = Tokenizer.train(texts, config.vocab_size, kind=config.tokenizer_kind)
 
     train_texts, val_texts = train_val_split(texts, config.val_fraction, config.seed)
-    train_docs = encode_texts(tokenizer, train_texts, config.block_size)
-    val_docs = encode_texts(tokenizer, val_texts, config.block_size)
+    train_docs = tokenizer.encode_texts(train_texts, config.block_size)
+    val_docs = tokenizer.encode_texts(val_texts, config.block_size)
     model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, n_layer=config.n_layer, n_head=config.n_head,
                           n_embd=config.n_embd, block_size=config.block_size, dropout=config.dropout)).to(device)
     sync_params(model)
     optimizer = make_adamw(model, config.lr, config.weight_decay)
-    start = 0
-    if ckpt is not None:  # read (and checked) before anything is written
-        start, _ = load_checkpoint(ckpt, {"model": model}, optimizer, {"data": gen})
-    start_out_dir(out, resume, overwrite)  # --overwrite empties out_dir only now
-    if is_main_process():
-        save_json(out / "train_config.json", asdict(config))
-        tokenizer.save(out / "tokenizer.json")
-    truncate_metrics(out / "metrics.jsonl", "step", start)  # rows logged after the checkpoint are redone
-    logger = MetricsLogger(out / "metrics.jsonl", enabled=is_main_process())
-    bar = progress(config.steps, start, "pretrain", show_progress and is_main_process())
+    start, _ = run.restore({"model": model}, optimizer, {"data": gen})
+    run.begin(config, tokenizer, start)
     model.train()
     forward = torch.compile(model) if config.compile else model  # shares its parameters with `model`
     t0 = time.time()
@@ -190,16 +173,8 @@ def pretrain(texts: list[str], out_dir, config: PretrainConfig, tokenizer: Token
         optimizer.step()
         if val_docs and is_main_process() and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps):
             row["val/loss"] = evaluate_loss(model, val_docs, tokenizer.pad_id, device)
-        logger.log(row)
-        bar.update(1)
-        bar.set_postfix(loss=f"{row['train/loss']:.3f}")
-        if config.save_every and (step + 1) % config.save_every == 0:
-            save_checkpoint(out, step + 1, {"model": model}, optimizer, {"data": gen}, {})
-    bar.close()
+        run.log(row, loss=f"{row['train/loss']:.3f}")
+        run.maybe_checkpoint(step + 1)
     model.eval()
-    if is_main_process():
-        model.save_pretrained(out, tokenizer)
-    save_checkpoint(out, config.steps, {"model": model}, optimizer, {"data": gen}, {})
-    if is_main_process():
-        plot_run(out)
+    run.finish(lambda: model.save_pretrained(run.out, tokenizer))
     return model, tokenizer

@@ -6,13 +6,15 @@ Two kinds:
     so every string round-trips exactly. Technically a BPE model with no merges and byte fallback.
   * "bpe": byte-level BPE, exactly GPT-2's scheme, trained with the library's BpeTrainer.
 
-Special tokens are distinct (REFERENCES.md item 2: PAD must not be EOS, or masking PAD hides EOS and the
-model never learns to stop): `<pad>`=0, `<bos>`=1, `<eos>`=2. `encode` adds none of them; a training text
-is `[bos] + encode(text) + [eos]` and a prompt is `[bos] + encode(prompt)`. The three are registered as
-special tokens (as any tokenizer.json does), so a text that literally contains "<eos>" encodes it as EOS.
+Special tokens are distinct (PAD must not be EOS, or masking PAD hides EOS and the model never learns to
+stop): `<pad>`=0, `<bos>`=1, `<eos>`=2. `encode` adds none of them. A text to learn from is
+`[bos] + encode(text) + [eos]` (`encode_texts`) and a prompt to continue is `[bos] + encode(prompt)`
+(`encode_prompts`): every trainer encodes through these two. The three are registered as special tokens (as
+any tokenizer.json does), so a text that literally contains "<eos>" encodes it as EOS.
 """
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
@@ -69,6 +71,39 @@ class Tokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+
+    # -- the two ways text enters a model: a whole text to learn from, a prompt to continue --
+    def encode_texts(self, texts: list[str], max_len: int | None = None) -> list[list[int]]:
+        """Each text -> [bos] + encode(text) + [eos], cut to its first `max_len` tokens.
+
+        What pretraining, reward models and DPO/RRHF train on. A cut text keeps its start and so ends
+        without EOS, like a policy sample that hit its length limit.
+        """
+        seqs = [[self.bos_id] + ids + [self.eos_id] for ids in self.encode_batch(texts)]
+        return seqs if max_len is None else [s[:max_len] for s in seqs]
+
+    def encode_prompts(self, prompts: list[str], max_len: int | None = None) -> list[list[int]]:
+        """Each prompt -> [bos] + encode(prompt), keeping its LAST `max_len` tokens (one warning if any is cut).
+
+        The end is kept because it is what the response continues.
+        """
+        if max_len is not None and max_len < 1:
+            raise ValueError(f"max_len must be at least 1 (room for [bos]), got {max_len}")
+        encoded = [[self.bos_id] + ids for ids in self.encode_batch(prompts)]
+        if max_len is None:
+            return encoded
+        too_long = sum(len(p) > max_len for p in encoded)
+        if too_long:
+            warnings.warn(f"{too_long} prompt(s) longer than {max_len} tokens were cut to their last {max_len}")
+        return [p[-max_len:] for p in encoded]
+
+    def encode_text(self, text: str, max_len: int | None = None) -> list[int]:
+        """encode_texts for one text."""
+        return self.encode_texts([text], max_len)[0]
+
+    def encode_prompt(self, prompt: str, max_len: int | None = None) -> list[int]:
+        """encode_prompts for one prompt."""
+        return self.encode_prompts([prompt], max_len)[0]
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)

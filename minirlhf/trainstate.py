@@ -244,13 +244,6 @@ def start_out_dir(out_dir, resume: bool, overwrite: bool):
     barrier()
 
 
-def prepare_out_dir(out_dir, resume: bool, overwrite: bool, inputs=()) -> Path | None:
-    """check_out_dir, then start_out_dir: for callers that have read and checked their inputs already."""
-    ckpt = check_out_dir(out_dir, resume, overwrite, inputs)
-    start_out_dir(out_dir, resume, overwrite)
-    return ckpt
-
-
 def truncate_metrics(path, step_key: str, last_step: int):
     """On resume: drop metric rows after the checkpoint's step (and a half-written last line)."""
     path = Path(path)

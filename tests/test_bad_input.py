@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from minirlhf import GPT, GPTConfig, RewardModel, Tokenizer
-from minirlhf.ppo_train import encode_prompts
 from minirlhf.sft import PretrainConfig, pretrain
 
 TEXTS = ["这家店的菜很好吃，服务也不错", "电影太长了，有点无聊", "质量很好，下次还来", "快递很慢，包装也破了"]
@@ -211,7 +210,7 @@ def test_too_long_prompts_keep_their_end_with_one_warning():
     tok = Tokenizer.train(TEXTS, 300)
     long = "".join(TEXTS)
     with pytest.warns(UserWarning) as record:
-        out = encode_prompts(tok, [long, "好", long], 8)
+        out = tok.encode_prompts([long, "好", long], 8)
     assert len(record) == 1 and "2 prompt(s) longer than 8 tokens" in str(record[0].message)
     assert out[0] == ([tok.bos_id] + tok.encode(long))[-8:] and out[1] == [tok.bos_id] + tok.encode("好")
 

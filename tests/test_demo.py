@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-TINY = ["--pretrain_steps=10", "--reward_steps=5", "--ppo_iterations=2", "--eval_samples=2",
+TINY = ["--pretrain.steps=10", "--reward.steps=5", "--ppo.iterations=2", "--eval_samples=2",
         "--heldout_prompts=2", "--heldout_samples=1", "--judge_every=0"]
 
 
@@ -30,7 +30,7 @@ def test_quick_demo_writes_the_run_directory(quick_run):
         assert set(report[key]) == {"before", "after"}
     assert "after" in report["kl"] and report["heldout"]["prompts"]
     assert {"pretrain", "reward", "ppo", "total"} <= set(report["seconds"])
-    assert report["config"]["n_layer"] == 1 and 0.0 <= report["reward_model"]["test_accuracy"] <= 1.0
+    assert report["config"]["pretrain"]["n_layer"] == 1 and 0.0 <= report["reward_model"]["test_accuracy"] <= 1.0
     for stage in ("sft", "reward", "policy"):
         assert (out / stage / "config.json").exists() and (out / stage / "model.safetensors").exists()
         assert (out / stage / "tokenizer.json").exists()
@@ -49,11 +49,11 @@ def test_rerun_skips_finished_stages_and_a_changed_stage_reruns_from_there(quick
     weights = {s: (out / s / "model.safetensors").read_bytes() for s in ("sft", "reward", "policy")}
     demo(out)
     assert {s: (out / s / "stage.json").stat().st_mtime_ns for s in marks} == marks
-    demo(out, "--kl_coef=0.2")  # a PPO field: pretraining and the reward model are reused
+    demo(out, "--ppo.kl_coef=0.2")  # a PPO field: pretraining and the reward model are reused
     assert (out / "sft" / "stage.json").stat().st_mtime_ns == marks["sft"]
     assert (out / "reward" / "model.safetensors").read_bytes() == weights["reward"]
     assert (out / "policy" / "stage.json").stat().st_mtime_ns != marks["policy"]
-    assert json.loads((out / "report.json").read_text())["config"]["kl_coef"] == 0.2
+    assert json.loads((out / "report.json").read_text())["config"]["ppo"]["kl_coef"] == 0.2
 
 
 def test_same_seed_same_report(tmp_path):

@@ -50,7 +50,7 @@ def ppo_step(rows: slice) -> dict:
                        lr=1e-2, iterations=0, vf_coef=0.5)
     trainer = PPOTrainer(policy, ref, token_sum_reward, config, generator=torch.Generator().manual_seed(0))
     ro = trainer.rollout([[1, 5], [1, 6, 4], [1, 7], [1, 8, 9]] * 2).minibatch(torch.arange(8)[rows])
-    _, advantages, returns = trainer.advantages(ro, trainer.kl_ctl.value)
+    _, advantages, returns = trainer.advantages(ro, trainer.kl_ctl.kl_coef)
     trainer.update(ro, advantages, returns)
     state = {k: v.clone() for k, v in trainer.model.state_dict().items() if k != "policy.lm_head.weight"}
     return {**state, "advantages": advantages, "scores": ro.scores}

@@ -17,7 +17,7 @@ import minirlhf
 from minirlhf import GPT, GPTConfig, RewardModel, Tokenizer, ValueHead
 from minirlhf.errors import InputError
 from minirlhf.ppo import PPOConfig, PPOTrainer
-from minirlhf.ppo_train import train_ppo
+from minirlhf.ppo import train_ppo
 from minirlhf.reward import RewardConfig, train_reward_model
 from minirlhf.data import Pair
 from minirlhf.sft import PretrainConfig, pretrain
@@ -59,7 +59,7 @@ def test_ppo_nan_loss_or_gradient_stops_inside_update_before_optimizer_step():
     trainer.step([[1, 5]] * 8)                              # one good iteration
     good = params(trainer.model)
     ro = trainer.rollout([[1, 5]] * 8)
-    _, advantages, returns = trainer.advantages(ro, trainer.kl_ctl.value)
+    _, advantages, returns = trainer.advantages(ro, trainer.kl_ctl.kl_coef)
     advantages[:, 1] = float("nan")                          # e.g. an overflow upstream (every minibatch)
     with pytest.raises(TrainingDiverged, match=r"^iteration 2: ppo/(grad_norm|policy_loss) is nan"):
         trainer.update(ro, advantages, returns)
@@ -137,9 +137,8 @@ def test_no_pickle_in_the_source():
 
 
 def test_loading_checkpoints_never_unpickles(dirs, tmp_path, monkeypatch):
-    import minirlhf.ppo_train
-    import minirlhf.sft
-    for module in (minirlhf.sft, minirlhf.ppo_train):      # plots are beside the point here, and slow
+    import minirlhf.run
+    for module in (minirlhf.run,):      # plots are beside the point here, and slow
         monkeypatch.setattr(module, "plot_run", lambda *a, **k: [])
     # Write a pretrain run, a reward model and a PPO run (with checkpoints) first...
     pretrain(TEXTS, tmp_path / "lm", PretrainConfig(steps=2, save_every=1, **TINY), show_progress=False)

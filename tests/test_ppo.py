@@ -1,13 +1,13 @@
-"""PPO: the tests that catch the bugs the big frameworks shipped (REFERENCES.md)."""
+"""PPO: the tests that catch the bugs the big frameworks shipped (docs/references.md)."""
 import math
 
 import pytest
 import torch
 
 from minirlhf import GPT, GPTConfig, RewardModel
-from minirlhf.ppo import (AdaptiveKLController, FixedKLController, PPOConfig, PPOTrainer, compute_gae,
-                          kl_penalty, shape_rewards)
-from minirlhf.rollout import ActorCritic, apply_missing_eos_penalty, sequence_logprobs
+from minirlhf.advantages import AdaptiveKLController, FixedKLController, compute_gae, kl_penalty, shape_rewards
+from minirlhf.ppo import ActorCritic, PPOConfig, PPOTrainer
+from minirlhf.rollout import apply_missing_eos_penalty, sequence_logprobs
 
 CFG = GPTConfig(vocab_size=20, n_layer=1, n_head=2, n_embd=32, block_size=40)
 TOKEN = 7
@@ -105,13 +105,13 @@ def test_kl_estimators_on_a_small_categorical():
 def test_kl_controllers_follow_their_formula():
     fixed = FixedKLController(0.2)
     fixed.update(100.0, 64)
-    assert fixed.value == 0.2
+    assert fixed.kl_coef == 0.2
     ctl = AdaptiveKLController(0.15, target=6.0, horizon=10000)
     ctl.update(9.0, 64)  # error = 0.5 -> clipped to 0.2
-    assert math.isclose(ctl.value, 0.15 * (1 + 0.2 * 64 / 10000))
-    v = ctl.value
+    assert math.isclose(ctl.kl_coef, 0.15 * (1 + 0.2 * 64 / 10000))
+    v = ctl.kl_coef
     ctl.update(5.4, 128)  # error = -0.1
-    assert math.isclose(ctl.value, v * (1 - 0.1 * 128 / 10000))
+    assert math.isclose(ctl.kl_coef, v * (1 - 0.1 * 128 / 10000))
 
 
 def test_missing_eos_penalty_replaces_the_score():

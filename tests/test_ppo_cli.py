@@ -9,7 +9,7 @@ import torch
 
 from minirlhf import GPT, Tokenizer, ValueHead
 from minirlhf.ppo import PPOConfig
-from minirlhf.ppo_train import train_ppo
+from minirlhf.ppo import train_ppo
 
 TEXTS = ["刚收到货，感觉很好", "这部电影很无聊", "说实话，真的很不错", "这次购物总的来说体验很差"]
 

@@ -1,4 +1,4 @@
-"""Rank <-> pair label <-> gather id conversions (seed 000), for any K, lists or tensors."""
+"""Rank <-> pair label <-> gather id conversions (the reward-model study notes), for any K, lists or tensors."""
 import doctest
 
 import pytest
@@ -88,7 +88,7 @@ def test_bad_gather_ids_and_pair_counts_raise():
 def test_scores_to_ranks_and_ties():
     assert scores_to_ranks([0.5, 2.0, 0.5, -1.0]) == [1, 0, 1, 3]
     assert scores_to_ranks([0.5, 2.0, 0.5, -1.0], ties="first") == [1, 0, 2, 3]
-    # The RRHF example (seed 004): scores [-1.43, -1.04, -1.28, -1.19, -1.66, -2.40].
+    # The RRHF walkthrough's example: scores [-1.43, -1.04, -1.28, -1.19, -1.66, -2.40].
     scores = [-1.427734375, -1.03515625, -1.28125, -1.1923828125, -1.6572265625, -2.400390625]
     assert scores_to_ranks(scores) == [3, 0, 2, 1, 4, 5]
     t = scores_to_ranks(torch.tensor([[1.0, 1.0, 1.0], [3.0, 2.0, 1.0]]), ties="first")

@@ -92,8 +92,8 @@ def test_ppo_killed_with_sigkill_then_resumed_matches_an_unbroken_run(tiny_model
 @pytest.fixture(autouse=True)
 def no_plots(monkeypatch):
     """In-process runs here need no PNGs (matplotlib is most of a tiny run's time)."""
-    import minirlhf.sft
-    monkeypatch.setattr(minirlhf.sft, "plot_run", lambda *a, **k: [])
+    import minirlhf.run
+    monkeypatch.setattr(minirlhf.run, "plot_run", lambda *a, **k: [])
 
 
 FAST = dict(vocab_size=300, n_layer=1, n_head=2, n_embd=16, block_size=32, batch_size=4, warmup_steps=1,

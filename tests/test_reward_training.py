@@ -16,10 +16,9 @@ from minirlhf import GPT, GPTConfig, RewardModel, Tokenizer
 from minirlhf.cli import main
 from minirlhf.data import Pair, Ranking
 from minirlhf.errors import InputError
-from minirlhf.reward import (RewardConfig, encode_examples, forward_examples, sample_reference, score_sequences,
-                             train_reward_model)
+from minirlhf.reward import RewardConfig, encode_examples, forward_examples, train_reward_model
+from minirlhf.reward_eval import reference_samples, score_sequences
 
-CPU = torch.device("cpu")
 FAST = dict(batch_size=32, lr=3e-3, eval_every=20, norm_samples=32, norm_max_new_tokens=8)
 
 
@@ -76,7 +75,7 @@ def metrics(out):
 def heldout_accuracy(model, tok, pairs):
     examples, _ = encode_examples(pairs, tok, 32)
     with torch.no_grad():
-        r = score_sequences(model.eval(), [s for e in examples for s in e.seqs], tok.pad_id, CPU).view(-1, 2)
+        r = score_sequences(model.eval(), [s for e in examples for s in e.seqs], tok.pad_id).view(-1, 2)
     return (r[:, 0] > r[:, 1]).float().mean().item()
 
 
@@ -115,9 +114,9 @@ def test_batched_scores_equal_scores_alone(init_dir, tok):
     seqs = [s for e in examples for s in e.seqs]
     assert len({len(s) for s in seqs}) > 3                   # really different lengths, really padded
     with torch.no_grad():
-        batched = score_sequences(model, seqs, tok.pad_id, CPU)
-        alone = torch.cat([score_sequences(model, [s], tok.pad_id, CPU) for s in seqs])
-        grouped = forward_examples(model, examples, tok.pad_id, CPU)
+        batched = score_sequences(model, seqs, tok.pad_id)
+        alone = torch.cat([score_sequences(model, [s], tok.pad_id) for s in seqs])
+        grouped = forward_examples(model, examples, tok.pad_id)
     torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
     torch.testing.assert_close(grouped[0][0].flatten(), alone, atol=1e-5, rtol=0)
     assert grouped[0][1].tolist() == [e.ranks for e in examples]
@@ -157,7 +156,7 @@ def test_default_normalization_uses_init_policy_samples(init_dir, tok, tmp_path)
     pairs = count_pairs(40, seed=7, prompt="q:")
     model = train_reward_model(pairs, init_dir, tmp_path / "rm", config, tok, show_progress=False)
     policy = GPT.from_pretrained(init_dir)
-    seqs = sample_reference(policy, ["q:"], tok, 32, 8, config.seed, config.eval_batch_size)  # same draw
+    seqs = reference_samples(policy, tok, ["q:"], 32, 8, config.seed, config.eval_batch_size)  # same draw
     assert all(s[:3] == [tok.bos_id] + tok.encode("q:") for s in seqs)
     with torch.no_grad():
         scores = torch.cat([model(*_left(s, tok)) for s in seqs])

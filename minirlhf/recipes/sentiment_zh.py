@@ -18,24 +18,38 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from ..checkpoint import load_json, save_json
+from ..config import from_dict, validate
 from ..data import Pair
 from ..errors import InputError
-from ..evaluation import sample_and_score, sample_batches, score_texts, summary
+from ..evaluation import sample_and_score, score_texts, summary
 from ..model import GPT, RewardModel
 from ..plots import plot_metrics
-from ..ppo import PPOConfig
-from ..ppo_train import train_ppo
+from ..ppo import PPOConfig, train_ppo
 from ..reward import RewardConfig, train_reward_model
 from ..runtime import resolve_device
+from ..sampling import sample_batches
 from ..sft import PretrainConfig, pretrain
 from ..tokenizer import Tokenizer
 from . import reviews
+
+
+def _pretrain() -> PretrainConfig:
+    return PretrainConfig(vocab_size=2400, n_layer=3, n_head=4, n_embd=128, block_size=72, steps=700, lr=3e-3,
+                          batch_size=32, eval_every=175, warmup_steps=30)
+
+
+def _reward() -> RewardConfig:
+    return RewardConfig(loss="pairwise", steps=150, batch_size=32, lr=5e-4, eval_every=50, val_fraction=0.05)
+
+
+def _ppo() -> PPOConfig:
+    return PPOConfig(iterations=60, batch_size=64, max_new_tokens=24, lr=2e-4, kl_coef=0.3)
 
 
 @dataclass
@@ -43,69 +57,63 @@ class DemoConfig:
     seed: int = 0
     """Seed of every stage (data split, init, sampling)."""
     device: str = "cpu"
-    """cpu or cuda."""
+    """cpu or cuda, for every stage."""
     max_chars: int = 40
     """Reviews are cut to their first max_chars characters for pretraining and reward training."""
-    vocab_size: int = 2400
-    """Character vocabulary (3 special + 256 byte-fallback + the most frequent characters)."""
-    n_layer: int = 3
-    """GPT-2 blocks (policy, reference and reward model share the size)."""
-    n_head: int = 4
-    """Attention heads."""
-    n_embd: int = 128
-    """Model width."""
-    pretrain_steps: int = 700
-    """Pretraining steps of 32 reviews."""
-    pretrain_lr: float = 3e-3
-    """Peak pretraining learning rate."""
-    reward_steps: int = 150
-    """Reward-model steps of reward_batch_size (positive, negative) pairs."""
-    reward_batch_size: int = 32
-    """Pairs per reward step."""
-    reward_lr: float = 5e-4
-    """Reward-model learning rate."""
-    ppo_iterations: int = 60
-    """PPO iterations."""
-    ppo_batch_size: int = 64
-    """Rollouts per PPO iteration."""
-    max_new_tokens: int = 24
-    """Characters generated after each prompt."""
-    ppo_lr: float = 2e-4
-    """PPO learning rate (linear decay)."""
-    kl_coef: float = 0.3
-    """β of the KL penalty to the reference (0.05–0.2 reach the judge target but collapse diversity:
-    distinct-2 falls below half its start; see the README's tuning note)."""
+    pretrain: PretrainConfig = field(default_factory=_pretrain)
+    """Stage 1, the reference policy: a character-level GPT-2 pretrained on the reviews (--pretrain.<key>)."""
+    reward: RewardConfig = field(default_factory=_reward)
+    """Stage 2, the reward model: Bradley–Terry on (positive, negative) review pairs (--reward.<key>)."""
+    ppo: PPOConfig = field(default_factory=_ppo)
+    """Stage 3, PPO from the prompt pool with a KL penalty to the reference (--ppo.<key>). β = kl_coef 0.3:
+    0.05–0.2 reach the judge target but collapse diversity (the README's tuning note)."""
     widen_pool: int = 0
-    """Extra training prompts cut from (training-split) review openings, on top of the 4-prompt pool."""
+    """Extra PPO prompts cut from (training-split) review openings, on top of the 4-prompt pool."""
+    judge_every: int = 10
+    """PPO iterations between judge evaluations for the judge-rate curve (0: never)."""
     eval_samples: int = 32
     """Samples per pool prompt in the before/after evaluation."""
     heldout_prompts: int = 16
     """Prompts cut from test-split review openings: never seen in PPO."""
     heldout_samples: int = 8
     """Samples per held-out prompt."""
-    judge_every: int = 10
-    """PPO iterations between judge evaluations for the judge-rate curve (0: never)."""
+
+    shared_fields = ("seed", "device")  # set here once for every stage, never as --ppo.seed
+
+    def __post_init__(self):
+        validate(self, positive=("max_chars", "eval_samples", "heldout_prompts", "heldout_samples"),
+                 non_negative=("widen_pool", "judge_every"))
+        longest = max(len(p) for p in reviews.POOL) + 1  # + [bos]
+        if self.pretrain.block_size < max(self.max_chars + 2, longest + self.ppo.max_new_tokens):
+            raise InputError(f"--pretrain.block_size={self.pretrain.block_size} is too small: texts need "
+                             f"max_chars + 2 = {self.max_chars + 2} tokens and PPO needs a prompt "
+                             f"({longest}) + ppo.max_new_tokens ({self.ppo.max_new_tokens})")
+
+    def stage(self, name: str):
+        """The config a stage runs with: its own, with the demo's seed and device."""
+        return replace(getattr(self, name), seed=self.seed, device=self.device)
 
 
-QUICK = dict(max_chars=24, vocab_size=800, n_layer=1, n_head=2, n_embd=32, pretrain_steps=40,
-             reward_steps=20, reward_batch_size=16, ppo_iterations=4, ppo_batch_size=16, max_new_tokens=8,
-             eval_samples=4, heldout_prompts=4, heldout_samples=2, judge_every=2)
-
-STAGE_FIELDS = {
-    "sft": ["seed", "max_chars", "vocab_size", "n_layer", "n_head", "n_embd", "pretrain_steps", "pretrain_lr"],
-    "reward": ["reward_steps", "reward_batch_size", "reward_lr"],
-    "policy": ["ppo_iterations", "ppo_batch_size", "max_new_tokens", "ppo_lr", "kl_coef", "widen_pool",
-               "judge_every"],
-    "eval": ["eval_samples", "heldout_prompts", "heldout_samples"],
-}
+def quick_config() -> DemoConfig:
+    """`--quick`: toy sizes, the same pipeline (what the tests run)."""
+    d = DemoConfig()
+    return replace(d, max_chars=24, eval_samples=4, heldout_prompts=4, heldout_samples=2, judge_every=2,
+                   pretrain=replace(d.pretrain, vocab_size=800, n_layer=1, n_head=2, n_embd=32, block_size=40,
+                                    steps=40, eval_every=10, warmup_steps=8),
+                   reward=replace(d.reward, steps=20, batch_size=16, eval_every=6),
+                   ppo=replace(d.ppo, iterations=4, batch_size=16, max_new_tokens=8))
 
 
 def stage_hashes(config: DemoConfig) -> dict[str, str]:
-    """Each stage's hash covers its own fields and every earlier stage's: a change re-runs from there."""
+    """Each stage's hash covers its whole config (every field, defaults included) and every earlier stage's
+    hash: a change anywhere re-runs that stage and the ones after it."""
+    parts = {"sft": {"max_chars": config.max_chars, "pretrain": asdict(config.stage("pretrain"))},
+             "reward": {"reward": asdict(config.stage("reward"))},
+             "policy": {"ppo": asdict(config.stage("ppo")), "widen_pool": config.widen_pool,
+                        "judge_every": config.judge_every}}
     out, upstream = {}, ""
-    d = asdict(config)
-    for stage, keys in STAGE_FIELDS.items():
-        upstream = hashlib.sha256((upstream + json.dumps({k: d[k] for k in keys}, sort_keys=True)).encode()).hexdigest()[:16]
+    for stage, part in parts.items():
+        upstream = hashlib.sha256((upstream + json.dumps(part, sort_keys=True)).encode()).hexdigest()[:16]
         out[stage] = upstream
     return out
 
@@ -126,7 +134,7 @@ def check_out_dir(out: Path):
 
 
 def evaluate(policy, ref, reward, tokenizer, prompts, n, config, seed):
-    s = sample_and_score(policy, ref, reward, tokenizer, prompts, n, config.max_new_tokens, seed=seed)
+    s = sample_and_score(policy, ref, reward, tokenizer, prompts, n, config.ppo.max_new_tokens, seed=seed)
     judged = reviews.judge_positive([p + r for p, r in zip(s.prompts, s.responses)])
     judged_response = reviews.judge_positive(s.responses)  # stricter: the prompt's own words don't count
     rate = lambda js: sum(j > 0.5 for j in js) / len(js)  # noqa: E731
@@ -155,12 +163,8 @@ def run_demo(out_dir="runs/demo", config: DemoConfig = DemoConfig(), show_progre
     sft_dir = out / "sft"
     if not is_done(sft_dir, hashes["sft"]):
         t0 = time.time()
-        pcfg = PretrainConfig(vocab_size=config.vocab_size, n_layer=config.n_layer, n_head=config.n_head,
-                              n_embd=config.n_embd, block_size=config.max_chars + config.max_new_tokens + 8,
-                              steps=config.pretrain_steps, lr=config.pretrain_lr, batch_size=32,
-                              eval_every=max(config.pretrain_steps // 4, 1), seed=config.seed,
-                              device=config.device, warmup_steps=min(30, config.pretrain_steps // 5))
-        pretrain(cut(data.train_pos + data.train_neg), sft_dir, pcfg, overwrite=True, show_progress=show_progress)
+        pretrain(cut(data.train_pos + data.train_neg), sft_dir, config.stage("pretrain"), overwrite=True,
+                 show_progress=show_progress)
         mark_done(sft_dir, hashes["sft"], time.time() - t0)
     seconds["pretrain"] = load_json(sft_dir / "stage.json")["seconds"]
     tokenizer = Tokenizer.from_file(sft_dir / "tokenizer.json")
@@ -172,13 +176,10 @@ def run_demo(out_dir="runs/demo", config: DemoConfig = DemoConfig(), show_progre
     if not is_done(reward_dir, hashes["reward"]):
         t0 = time.time()
         pairs = [Pair("", p, n) for p, n in zip(cut(data.train_pos), cut(data.train_neg))]
-        reference = [p + r for chunk, g in sample_batches(sft, tokenizer, reviews.POOL, 64, config.max_new_tokens,
+        reference = [p + r for chunk, g in sample_batches(sft, tokenizer, reviews.POOL, 64, config.ppo.max_new_tokens,
                                                            seed=config.seed)
                      for p, r in zip(chunk, tokenizer.decode_batch(g.responses.tolist()))]
-        rcfg = RewardConfig(loss="pairwise", steps=config.reward_steps, batch_size=config.reward_batch_size,
-                            lr=config.reward_lr, seed=config.seed, device=config.device,
-                            eval_every=max(config.reward_steps // 3, 1), val_fraction=0.05)
-        train_reward_model(pairs, sft_dir, reward_dir, rcfg, tokenizer, overwrite=True, show_progress=show_progress,
+        train_reward_model(pairs, sft_dir, reward_dir, config.stage("reward"), tokenizer, overwrite=True, show_progress=show_progress,
                            reference_texts=reference)
         save_json(reward_dir / "test_accuracy.json", reward_accuracy(reward_dir, tokenizer, data, config, device))
         mark_done(reward_dir, hashes["reward"], time.time() - t0)
@@ -191,9 +192,6 @@ def run_demo(out_dir="runs/demo", config: DemoConfig = DemoConfig(), show_progre
                                                             config.seed) if config.widen_pool else [])
     if not is_done(policy_dir, hashes["policy"]):
         t0 = time.time()
-        ppo_cfg = PPOConfig(iterations=config.ppo_iterations, batch_size=config.ppo_batch_size,
-                            max_new_tokens=config.max_new_tokens, lr=config.ppo_lr, kl_coef=config.kl_coef,
-                            seed=config.seed, device=config.device)
         judge_rows = []
 
         def judge_curve(trainer, row):
@@ -203,7 +201,7 @@ def run_demo(out_dir="runs/demo", config: DemoConfig = DemoConfig(), show_progre
                 judge_rows.append({"iteration": it, "eval/judge_positive_rate": stats["judge_positive_rate"],
                                    "eval/reward": stats["reward"], "eval/distinct_2": stats["distinct_2"]})
 
-        train_ppo(train_prompts, sft_dir, reward_dir, policy_dir, ppo_cfg, overwrite=True,
+        train_ppo(train_prompts, sft_dir, reward_dir, policy_dir, config.stage("ppo"), overwrite=True,
                   show_progress=show_progress, on_iteration=judge_curve)
         (policy_dir / "judge_curve.jsonl").write_text("".join(json.dumps(r) + "\n" for r in judge_rows))
         mark_done(policy_dir, hashes["policy"], time.time() - t0)
@@ -296,17 +294,12 @@ def write_plots(out: Path):
         plot_metrics(srows, keys, out / "plots" / f"{stage}.png", "step", title=stage)
 
 
-def demo_config(quick: bool = False) -> DemoConfig:
-    """The default config, or the --quick preset (toy sizes; the same pipeline)."""
-    return replace(DemoConfig(), **QUICK) if quick else DemoConfig()
-
-
 def evaluate_saved_run(run_dir) -> dict:
     """Re-run the before/after evaluation of a finished demo directory (no training)."""
     out = Path(run_dir)
     if not (out / "demo.json").is_file() or not (out / "policy" / "stage.json").is_file():
         raise InputError(f"{out}: not a finished minirlhf demo run (no demo.json or policy/)")
-    config = DemoConfig(**load_json(out / "demo.json"))
+    config = from_dict(DemoConfig, load_json(out / "demo.json"))
     device = resolve_device(config.device)
     tokenizer = Tokenizer.from_file(out / "sft" / "tokenizer.json")
     sft = GPT.from_pretrained(out / "sft").to(device).eval()
