@@ -1,5 +1,8 @@
 """Every loss from the papers, as pure functions with the equation in the docstring.
 
+DPO, RRHF and their sequence scores live in `minirlhf.preference_losses` and are re-exported here:
+import every loss from `minirlhf.losses`.
+
 Reward-model losses take rewards (B, K): one scalar r(x, y_k) per candidate k of prompt x.
 Ranks are (B, K) integers, 0 = best. PPO losses take response-token tensors (B, T) and a mask
 (1/True on real tokens); their reductions go through `minirlhf.ops`, so padding is handled in one
@@ -11,6 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from .ops import masked_mean
+from .preference_losses import dpo_loss, sequence_scores
+
+__all__ = ["best_of_k_loss", "pairwise_loss", "ordered_pairs", "ranking_loss", "plackett_luce_loss",
+           "sigmoid_rank_loss", "ppo_policy_loss", "ppo_value_loss", "dpo_loss", "sequence_scores"]
 
 # --------------------------------------------------------------------------------------------------
 # Reward-model losses
@@ -61,7 +68,7 @@ def _check_ranking_shapes(rewards: torch.Tensor, ranks: torch.Tensor) -> None:
                          f"{tuple(rewards.shape)} and {tuple(ranks.shape)}")
 
 
-def _ordered_pairs(rewards: torch.Tensor, ranks: torch.Tensor):
+def ordered_pairs(rewards: torch.Tensor, ranks: torch.Tensor):
     """For all K-choose-2 pairs (i, j), i < j: r_better - r_worse (B, P) and valid (B, P) bool.
 
     A pair whose two ranks are equal (a tie) has no better member: valid is False there.
@@ -97,7 +104,7 @@ def ranking_loss(rewards: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
     Pairs (0,1): 3-1 = 2; (0,2): 3-2 = 1; (1,2): item 2 is better, 2-1 = 1.
     loss = (log(1+e^-2) + 2 log(1+e^-1)) / 3 = (0.1269 + 0.3133 + 0.3133) / 3 = 0.2512.
     """
-    diff, valid = _ordered_pairs(rewards, ranks)
+    diff, valid = ordered_pairs(rewards, ranks)
     return masked_mean(-F.logsigmoid(diff), valid)
 
 
@@ -146,7 +153,7 @@ def sigmoid_rank_loss(rewards: torch.Tensor, ranks: torch.Tensor) -> torch.Tenso
     Worked example: rewards [[3, 1, 2]], ranks [[0, 2, 1]]: differences 2, 1, 1;
     loss = -(0.8808 + 0.7311 + 0.7311) / 3 = -0.7810.
     """
-    diff, valid = _ordered_pairs(rewards, ranks)
+    diff, valid = ordered_pairs(rewards, ranks)
     return -masked_mean(torch.sigmoid(diff), valid)
 
 
