@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from .ops import masked_mean
-from .preference_losses import dpo_loss, sequence_scores
+from .preference_losses import dpo_loss, rrhf_loss, rrhf_sft_loss, sequence_scores
 
 __all__ = ["best_of_k_loss", "pairwise_loss", "ordered_pairs", "ranking_loss", "plackett_luce_loss",
-           "sigmoid_rank_loss", "ppo_policy_loss", "ppo_value_loss", "dpo_loss", "sequence_scores"]
+           "sigmoid_rank_loss", "ppo_policy_loss", "ppo_value_loss", "dpo_loss", "rrhf_loss", "rrhf_sft_loss",
+           "sequence_scores"]
 
 # --------------------------------------------------------------------------------------------------
 # Reward-model losses

@@ -127,3 +127,79 @@ def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
     else:
         losses = (delta - 1 / (2 * beta)) ** 2
     return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
+
+
+def _candidate_mask(scores: torch.Tensor, rw_scores: torch.Tensor, cand_mask: torch.Tensor | None,
+                    name: str) -> torch.Tensor:
+    """cand_mask as bool (all True when None), after checking that everything is (B, K)."""
+    if scores.dim() != 2 or rw_scores.shape != scores.shape or (
+            cand_mask is not None and cand_mask.shape != scores.shape):
+        raise ValueError(f"{name}: scores, rw_scores (and the candidate mask) must all be (B, K), one row "
+                         f"per query (a single query is (1, K)); got {tuple(scores.shape)}, "
+                         f"{tuple(rw_scores.shape)}"
+                         + ("" if cand_mask is None else f", {tuple(cand_mask.shape)}"))
+    return torch.ones_like(scores, dtype=torch.bool) if cand_mask is None else cand_mask.bool()
+
+
+def rrhf_loss(scores: torch.Tensor, rw_scores: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """RRHF's ranking loss (Yuan et al. 2023, "RRHF: Rank Responses to Align Language Models with
+    Human Feedback without tears"):
+
+        L_rank = mean over queries of  sum_{i, j : r_i < r_j}  max(0, p_i - p_j)
+
+    p_i is the policy's length-normalised score of candidate i (`sequence_scores`, length_penalty 1 by
+    default) and r_i its reward (a reward model's score, or a human ranking). Each pair that the policy
+    orders against the rewards costs its score gap; pairs already in order, and tied rewards, cost 0.
+    No reference model and no sampling during training: the K candidates are fixed (from the policy,
+    other models or humans; `only_use_provide` / `only_use_sample` in the authors' code are just which
+    candidates you pass). The full RRHF loss is rrhf_weight * rrhf_loss + rrhf_sft_loss; the authors'
+    train.sh uses rrhf_weight 1.
+
+    scores, rw_scores (B, K); mask (B, K) bool for queries with fewer than K candidates: a padded
+    candidate is in no pair, whatever its score (garbage and NaN included). -> scalar.
+    Per query this is the authors' sum over pairs, so one query gives their number; queries are
+    averaged rather than summed, so the scale does not grow with the batch. Their trainer (GanjinZero/
+    RRHF train.py) builds the (K, K) pair matrix of one query and keeps its first row, which is right
+    only with one query per step and rewards shaped (1, K): 1-D rewards silently select the wrong pairs
+    (p = [-0.5, -0.3, -0.4, -0.8, -0.2, -0.1], r = [-0.84, -0.85, -0.57, -0.62, -0.49, -0.87] give it
+    -2.5, a negative "loss"; the answer is 2.8). Here any shape but (B, K) is a ValueError.
+
+    Worked example: p = [-1.0, -2.0, -1.5], r = [0.2, 0.9, 0.5] (best: 1, then 2, then 0), the policy's
+    order exactly reversed. Pairs (worse, better): (0, 1) max(0, -1 + 2) = 1.0; (0, 2) 0.5; (2, 1) 0.5;
+    loss 2.0. With p = [-2.0, -1.0, -1.5] (the right order) every term is 0.
+    """
+    real = _candidate_mask(scores, rw_scores, mask, "rrhf_loss")
+    p = torch.where(real, scores, torch.zeros_like(scores))
+    r = torch.where(real, rw_scores, torch.zeros_like(rw_scores))
+    # (B, K, K): entry [b, i, j] is the pair (i worse, j better) of query b
+    worse = (r[:, :, None] < r[:, None, :]) & real[:, :, None] & real[:, None, :]
+    gap = torch.relu(p[:, :, None] - p[:, None, :])                            # max(0, p_i - p_j)
+    return torch.where(worse, gap, torch.zeros_like(gap)).sum((1, 2)).mean()
+
+
+def rrhf_sft_loss(token_logps: torch.Tensor, mask: torch.Tensor, rw_scores: torch.Tensor,
+                  cand_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """RRHF's supervised term: the negative log-likelihood of each query's best-rewarded candidate.
+
+        L_sft = mean over queries of  -(1/|y_b|) sum_t log pi(y_b,t | x, y_b,<t),   b = argmax_i r_i
+
+    The mean is over the real tokens of y_b (`sequence_scores` with length_penalty 1), never over its
+    padding: the authors' `-logit_label[max_idx].mean()` averages over the whole padded row, prompt
+    positions included, which shrinks the loss of short answers. Of tied best rewards the first wins.
+
+    token_logps, mask (B, K, T): response-token logprobs of every candidate and their mask;
+    rw_scores (B, K); cand_mask (B, K) bool marks real candidates (a padded one is never the best).
+    -> scalar.
+
+    Worked example: one query, rewards [0.1, 0.7], candidate 1's token logps [-0.5, -1.5, pad]:
+    loss = (0.5 + 1.5) / 2 = 1.0.
+    """
+    if token_logps.dim() != 3 or mask.shape != token_logps.shape:
+        raise ValueError(f"rrhf_sft_loss: token_logps and mask must both be (B, K, T); got "
+                         f"{tuple(token_logps.shape)} and {tuple(mask.shape)}")
+    scores = sequence_scores(token_logps, mask, length_penalty=1.0)                # (B, K) per-token means
+    real = _candidate_mask(scores, rw_scores, cand_mask, "rrhf_sft_loss")
+    if not real.any(1).all():
+        raise ValueError("rrhf_sft_loss: every query needs at least one real candidate")
+    best = torch.where(real, rw_scores, torch.full_like(rw_scores, -torch.inf)).argmax(1)   # (B,)
+    return -scores.gather(1, best[:, None]).mean()
