@@ -55,7 +55,7 @@ from .checkpoint import save_json
 from .config import validate
 from .data import Pair, Ranking, train_val_split
 from .errors import InputError
-from .losses import _ordered_pairs, best_of_k_loss, pairwise_loss, plackett_luce_loss, ranking_loss
+from .losses import best_of_k_loss, ordered_pairs as _ordered_pairs, pairwise_loss, plackett_luce_loss, ranking_loss
 from .model import GPT, RewardModel
 from .optim import clip_grad, lr_at, make_adamw, set_lr
 from .plots import plot_run
