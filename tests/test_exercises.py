@@ -19,7 +19,8 @@ from minirlhf import exercises
 from minirlhf.advantages import compute_gae, kl_penalty, shape_rewards
 from minirlhf.exercises import EXERCISES, grade
 from minirlhf.exercises.blank import BEGIN, END, STUB, TEACHER, blank_source, main, student_script
-from minirlhf.losses import pairwise_loss, plackett_luce_loss, ppo_policy_loss, ranking_loss, sigmoid_rank_loss
+from minirlhf.losses import (dpo_loss, pairwise_loss, plackett_luce_loss, ppo_policy_loss, ranking_loss,
+                             sigmoid_rank_loss)
 from minirlhf.ops import last_true_index, logprobs_from_logits, masked_mean, masked_whiten, shifted_logprobs
 from minirlhf.sampling import filter_logits
 
@@ -31,6 +32,7 @@ REFERENCE = {  # minirlhf's own functions, with the students' signatures
     "top_p_filter": lambda logits, top_p: filter_logits(logits, top_p=top_p),
     "pairwise_loss": pairwise_loss, "ranking_loss": ranking_loss, "kl_penalty": kl_penalty,
     "shape_rewards": shape_rewards, "compute_gae": compute_gae, "ppo_policy_loss": ppo_policy_loss,
+    "dpo_loss": lambda pc, pr, rc, rr, beta: dpo_loss(pc, pr, rc, rr, beta),
 }
 
 
@@ -176,6 +178,15 @@ def ppo_gradient_through_clipped_tokens(lp, old, adv, mask, eps):
     return ppo(lp, old, adv, mask, eps).detach() + leak - leak.detach()
 
 
+def dpo(pc, pr, rc, rr, beta, reference=True, use_beta=True, loss=F.logsigmoid, detach=True, reduce=None):
+    if not reference:
+        rc, rr = torch.zeros_like(rc), torch.zeros_like(rr)
+    chosen, rejected = pc - rc, pr - rr
+    losses = -loss((beta if use_beta else 1.0) * (chosen - rejected))
+    chosen, rejected = (chosen.detach(), rejected.detach()) if detach else (chosen, rejected)
+    return losses if reduce is None else reduce(losses), beta * chosen, beta * rejected
+
+
 WRONG = [  # (exercise, wrong answer, words the failure message must contain)
     ("masked_mean", lambda x, m, dim=None: x.mean() if dim is None else x.mean(dim), "padding included"),
     ("masked_mean", lambda x, m, dim=None: (x * m).mean() if dim is None else (x * m).mean(dim), "ALL entries"),
@@ -227,6 +238,15 @@ WRONG = [  # (exercise, wrong answer, words the failure message must contain)
     ("ppo_policy_loss", lambda *a: ppo(*a, masked=False), "averaged over the padding"),
     ("ppo_policy_loss", lambda lp, old, *a: ppo(old, lp, *a), "upside down"),
     ("ppo_policy_loss", ppo_gradient_through_clipped_tokens, "d loss / d logprob", "no gradient"),
+    ("dpo_loss", lambda *a: dpo(*a, reference=False), "left out the reference model"),
+    ("dpo_loss", lambda *a: dpo(*a, use_beta=False), "left out β"),
+    ("dpo_loss", lambda *a: dpo(*a, loss=torch.sigmoid), "σ in place of log σ"),
+    ("dpo_loss", lambda pc, pr, rc, rr, beta: dpo(pr, pc, rr, rc, beta)[:1] + dpo(pc, pr, rc, rr, beta)[1:],
+     "wrong sign"),
+    ("dpo_loss", lambda *a: dpo(*a, detach=False), "detached", ".detach()"),
+    ("dpo_loss", lambda *a: dpo(*a, reduce=torch.mean), "one loss per pair"),
+    ("dpo_loss", lambda *a: dpo(*a)[0], "return (losses, chosen_rewards, rejected_rewards)"),
+    ("dpo_loss", lambda pc, pr, rc, rr, beta: (dpo(pc, pr, rc, rr, beta)[0], pc - rc, pr - rr), "no β"),
 ]
 
 

@@ -54,7 +54,7 @@ class Checker:
             out = fn(*args, **kwargs)
         except NotImplementedError:
             raise AssertionError(f"{self.exercise}: not implemented yet (your function raised "
-                                 f"NotImplementedError): write its body, then run this check again") from None
+                                 f"NotImplementedError): write its body, then check it again") from None
         except Exception as e:
             raise AssertionError(f"{self.exercise} — case '{case}': your function raised "
                                  f"{type(e).__name__}: {e}") from e
