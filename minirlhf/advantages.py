@@ -97,3 +97,70 @@ def explained_variance(values, returns, mask) -> float:
     """1 − Var[returns − V] / Var[returns] over real tokens: 1 is a perfect critic, ≤ 0 a useless one."""
     var = masked_var(returns, mask, unbiased=False)
     return (1 - masked_var(returns - values, mask, unbiased=False) / var.clamp(min=1e-8)).item()
+
+
+# --------------------------------------------------------------------------------------------------
+# Critic-free baselines: the other samples of the same prompt (GRPO, RLOO)
+# --------------------------------------------------------------------------------------------------
+
+GROUP_SCALES = ("group", "batch", "none")
+
+
+def _groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """rewards (B,) -> (B/G, G), after checking that the grouping makes sense."""
+    if group_size < 2:
+        raise ValueError(f"GRPO/RLOO need at least 2 samples per prompt (group_size={group_size}): the group "
+                         "baseline of one sample is itself, so every advantage is 0")
+    if rewards.dim() != 1 or rewards.shape[0] % group_size:
+        raise ValueError(f"rewards must be (B,) with B = n_prompts * group_size; got shape "
+                         f"{tuple(rewards.shape)} with group_size={group_size}")
+    return rewards.view(-1, group_size)
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group",
+                     eps: float = 1e-4) -> torch.Tensor:
+    """GRPO's advantage (Shao et al. 2024, DeepSeekMath): each sample against its own prompt's group.
+
+        A_i = (r_i - mean_group(r)) / (std + eps)
+
+    rewards (B,) with B = n_prompts * G, the G samples of one prompt contiguous -> A (B,), one per
+    sequence (broadcast over its tokens by the policy loss). `scale` chooses the std:
+      "group"  the std of the G rewards of the prompt: GRPO, as TRL's default; the unbiased one
+               (Bessel, torch.std's default), as TRL's `.std(dim=1)`.
+      "batch"  the unbiased std of all B rewards (TRL's scale_rewards="batch"): the mean is still
+               per group, but an easy prompt's near-identical rewards are no longer blown up.
+      "none"   no division (Dr. GRPO, Liu et al. 2025): dividing by a group's std weights prompts that
+               are almost always or almost never solved most, a difficulty bias.
+    A group whose G rewards are equal has A = 0 (no NaN: eps keeps the division finite): it carries
+    no learning signal, which is why DAPO filters such prompts out.
+
+    Worked example, G = 4, rewards [1, 0, 0, 1]: mean 0.5, unbiased std sqrt(1/3) = 0.5774,
+    A = +-0.5 / (0.5774 + 1e-4) = [0.8659, -0.8659, -0.8659, 0.8659]; with scale="none" [0.5, -0.5, -0.5, 0.5].
+    """
+    if scale not in GROUP_SCALES:
+        raise ValueError(f"scale must be one of {', '.join(GROUP_SCALES)}; got {scale!r}")
+    grouped = _groups(rewards, group_size)                                      # (n_prompts, G)
+    centred = grouped - grouped.mean(1, keepdim=True)
+    if scale == "group":
+        centred = centred / (grouped.std(1, keepdim=True) + eps)
+    elif scale == "batch":
+        centred = centred / (rewards.std() + eps)
+    return centred.reshape(-1)
+
+
+def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """REINFORCE leave-one-out (Ahmadian et al. 2024, "Back to Basics"; Kool et al. 2019):
+
+        A_i = r_i - (sum_j r_j - r_i) / (G - 1)
+
+    the baseline of sample i is the mean reward of the G - 1 OTHER samples of its prompt, so it does not
+    depend on y_i and the policy gradient stays unbiased (GRPO's group mean includes r_i itself).
+    A_i = G/(G-1) (r_i - mean), so the advantages of a group sum to 0. For RLOO's KL-in-reward form,
+    pass r_i - beta * KL_i (the sequence's summed KL to the reference) as the reward.
+
+    rewards (B,), groups of G contiguous -> A (B,).
+    Worked example, G = 3, rewards [3, 0, 0]: baselines 0, 1.5, 1.5 -> A = [3, -1.5, -1.5].
+    """
+    grouped = _groups(rewards, group_size)
+    others = (grouped.sum(1, keepdim=True) - grouped) / (group_size - 1)
+    return (grouped - others).reshape(-1)

@@ -1,5 +1,8 @@
 """Every loss from the papers, as pure functions with the equation in the docstring.
 
+DPO, RRHF and their sequence scores live in `minirlhf.preference_losses` and are re-exported here:
+import every loss from `minirlhf.losses`.
+
 Reward-model losses take rewards (B, K): one scalar r(x, y_k) per candidate k of prompt x.
 Ranks are (B, K) integers, 0 = best. PPO losses take response-token tensors (B, T) and a mask
 (1/True on real tokens); their reductions go through `minirlhf.ops`, so padding is handled in one
@@ -10,7 +13,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .ops import masked_mean
+from .ops import masked_aggregate, masked_mean
+from .preference_losses import dpo_loss, rrhf_loss, rrhf_sft_loss, sequence_scores
+
+__all__ = ["best_of_k_loss", "pairwise_loss", "ordered_pairs", "ranking_loss", "plackett_luce_loss",
+           "sigmoid_rank_loss", "ppo_policy_loss", "ppo_value_loss", "dpo_loss", "rrhf_loss", "rrhf_sft_loss",
+           "sequence_scores"]
 
 # --------------------------------------------------------------------------------------------------
 # Reward-model losses
@@ -161,7 +169,8 @@ def _zero_padding(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                    mask: torch.Tensor, cliprange: float):
+                    mask: torch.Tensor, cliprange: float, *, cliprange_high: float | None = None,
+                    aggregation: str = "token_mean", norm_len: int | None = None):
     """PPO's clipped surrogate, per token, as a masked mean over response tokens:
 
         ratio_t = exp(log pi(a_t|s_t) - log pi_old(a_t|s_t))
@@ -170,7 +179,30 @@ def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
     The max of the two negated terms is the min of the two surrogates: a pessimistic bound, so a
     token earns nothing for moving its ratio beyond 1 +- eps in the direction A favours.
 
-    logprobs (B, T) with grad; old_logprobs, advantages (B, T) without; mask (B, T) float/bool.
+    GRPO (Shao et al. 2024) and RLOO use the same per-token objective with one advantage per
+    sequence (`minirlhf.advantages.group_advantages` / `rloo_advantages`); GRPO's beta * k3 KL term is
+    added by its trainer. The keyword options are where the GRPO family differs:
+      cliprange_high  upper clip 1 + eps_high instead of 1 + eps (DAPO's "clip-higher", Yu et al. 2025,
+                      eps 0.2 / eps_high 0.28): a low-probability token with A > 0 may grow further, which
+                      keeps exploration (entropy) from collapsing. None: symmetric, as PPO.
+      aggregation     how the (B, T) per-token terms become one number (`minirlhf.ops.masked_aggregate`):
+                      "token_mean" (the default, above; DAPO), "sequence_mean" (the original GRPO:
+                      mean per sequence, then over sequences) or "dr_grpo" (sum / (B * norm_len), Liu et
+                      al. 2025). They differ in the weight of one token: 1/(all tokens), 1/(B * |y_i|)
+                      or 1/(B * L). Under "sequence_mean" a token of a short response weighs more:
+                      short correct (A > 0) answers get the bigger push per token, and long wrong
+                      (A < 0) answers the smaller penalty per token, so wrong answers drift longer. That
+                      is the length bias Dr. GRPO removes with a constant divisor. norm_len: Dr. GRPO's
+                      L (default: the padded length T; pass max_new_tokens to fix it across batches).
+
+    With one update per rollout the ratio is 1 on every token, so the loss VALUE is -aggregate(A):
+    about 0 for GRPO's group-centred advantages (exactly 0 under "sequence_mean" with whole groups).
+    The gradient is not: at ratio 1, grad ratio_t = grad log pi(a_t), so each token's log-probability
+    is pushed up or down by its own A and nothing cancels. A flat GRPO loss curve says nothing about
+    learning.
+
+    logprobs (B, T) with grad; old_logprobs (B, T) without; advantages (B, T) per token, or (B, 1) /
+    (B,) per sequence (broadcast over its tokens); mask (B, T) float/bool.
     Returns (loss, stats); stats are detached 0-dim tensors (call .item() to log):
       clipfrac   masked mean of [clipped term > unclipped term]: tokens whose gradient is cut off.
       approx_kl  masked mean of 0.5 (log pi - log pi_old)^2: Schulman's k2 estimator of
@@ -183,12 +215,15 @@ def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
       A = -1, ratio 0.5: max(0.5, 0.8) = 0.8 (clipped, same reason in the other direction).
       A = +1, ratio 0.5: max(-0.5, -0.8) = -0.5 (not clipped: undoing a bad step is always allowed).
     """
+    if advantages.dim() == logprobs.dim() - 1:
+        advantages = advantages.unsqueeze(-1)                                   # (B,) -> (B, 1)
     log_ratio = _zero_padding(logprobs - old_logprobs, mask)
-    advantages = _zero_padding(advantages, mask)
+    advantages = _zero_padding(advantages, mask)                                # (B, 1) -> (B, T)
     ratio = torch.exp(log_ratio)
+    high = cliprange if cliprange_high is None else cliprange_high
     pg_losses = -advantages * ratio                                             # (B, T)
-    pg_losses_clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.max(pg_losses, pg_losses_clipped), mask)
+    pg_losses_clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + high)
+    loss = masked_aggregate(torch.max(pg_losses, pg_losses_clipped), mask, aggregation, norm_len)
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean((pg_losses_clipped > pg_losses).to(ratio.dtype), mask),

@@ -127,3 +127,36 @@ def last_true_index(mask: torch.Tensor) -> torch.Tensor:
     T = mask.shape[-1]
     positions = torch.arange(T, device=mask.device).expand_as(mask)
     return torch.where(mask.bool(), positions, torch.zeros_like(positions)).amax(-1)
+
+
+AGGREGATIONS = ("token_mean", "sequence_mean", "dr_grpo")
+
+
+def masked_aggregate(x: torch.Tensor, mask: torch.Tensor, how: str = "token_mean",
+                     norm_len: int | None = None) -> torch.Tensor:
+    """Per-token values (B, T) -> one scalar, in one of the three ways policy-gradient losses differ by:
+
+      token_mean     sum_bt m x / sum_bt m: every real token weighs the same (masked_mean; PPO as in
+                     lm-human-preferences, DAPO's token-level loss, TRL's "bnpo"/"dapo").
+      sequence_mean  mean over sequences of each one's masked mean: every sequence weighs the same, so a
+                     token of a short response weighs more than one of a long response (the original
+                     GRPO). Rows without a real token are left out of the mean.
+      dr_grpo        sum_bt m x / (B * L), L = norm_len, or the padded length T when None (Dr. GRPO, Liu
+                     et al. 2025): a divisor that depends on no response's length. Pass the generation
+                     budget (max_new_tokens) as norm_len for the same L in every batch, as TRL does with
+                     max_completion_length; the padded T changes when a batch stops early.
+
+    Garbage under the padding (inf, NaN) is replaced by 0 first, so it cannot leak.
+    Worked example, x = [[1, 1, 1, 1], [4, pad, pad, pad]]: token_mean 8/5 = 1.6,
+    sequence_mean (1 + 4)/2 = 2.5, dr_grpo 8/(2*4) = 1.0.
+    """
+    real = mask.bool()
+    x = torch.where(real, x, torch.zeros_like(x))
+    if how == "token_mean":
+        return masked_mean(x, mask)
+    if how == "sequence_mean":
+        return masked_mean(masked_mean(x, mask, dim=-1), real.any(-1))
+    if how == "dr_grpo":
+        n_sequences = x[..., 0].numel()
+        return masked_sum(x, mask) / (n_sequences * (x.shape[-1] if norm_len is None else norm_len))
+    raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}; got {how!r}")

@@ -1,281 +1,409 @@
-"""The classroom checks: each passes minirlhf's own function and fails a subtly wrong one.
-
-A check that let a wrong implementation through would teach the bug, so every check here is run
-against the mistakes students (and frameworks) actually make.
+"""The classroom exercises work in both directions: every reference solution passes its check, every stub
+fails it, and the mistakes students (and frameworks) actually make fail it with a hint naming the mistake.
+Then the blank tool: the students' notebook and .py file hold stubs, say nothing about solutions, run, and
+are never written over an existing file without --force.
 """
 import ast
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from minirlhf.exercises import (check_compute_gae, check_kl_penalty, check_masked_mean, check_pairwise_loss,
-                                check_ppo_policy_loss, check_ranking_loss, check_shape_rewards)
-from minirlhf.exercises.blank import BEGIN, END, STUB, blank_notebook, blank_source
-from minirlhf.losses import pairwise_loss, plackett_luce_loss, ppo_policy_loss, ranking_loss, sigmoid_rank_loss
-from minirlhf.ops import last_true_index, masked_mean
-from minirlhf.ppo import compute_gae, kl_penalty, shape_rewards
+from minirlhf import exercises
+from minirlhf.advantages import compute_gae, kl_penalty, shape_rewards
+from minirlhf.exercises import EXERCISES, grade
+from minirlhf.exercises.blank import BEGIN, END, STUB, TEACHER, blank_source, main, student_script
+from minirlhf.losses import (dpo_loss, pairwise_loss, plackett_luce_loss, ppo_policy_loss, ranking_loss,
+                             sigmoid_rank_loss)
+from minirlhf.ops import last_true_index, logprobs_from_logits, masked_mean, masked_whiten, shifted_logprobs
+from minirlhf.sampling import filter_logits
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "exercises_rlhf.ipynb"
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "exercises_rlhf.ipynb"
+
+REFERENCE = {  # minirlhf's own functions, with the students' signatures
+    "masked_mean": masked_mean, "masked_whiten": masked_whiten, "shifted_logprobs": shifted_logprobs,
+    "top_p_filter": lambda logits, top_p: filter_logits(logits, top_p=top_p),
+    "pairwise_loss": pairwise_loss, "ranking_loss": ranking_loss, "kl_penalty": kl_penalty,
+    "shape_rewards": shape_rewards, "compute_gae": compute_gae, "ppo_policy_loss": ppo_policy_loss,
+    "dpo_loss": lambda pc, pr, rc, rr, beta: dpo_loss(pc, pr, rc, rr, beta),
+}
 
 
-def fails(check, fn, *words):
-    """check(fn) raises AssertionError whose message names the exercise and contains every word."""
+def check(name):
+    return getattr(exercises, f"check_{name}")
+
+
+def fails(name, fn, *words):
+    """check_<name>(fn) raises AssertionError whose message names the exercise and contains every word."""
     with pytest.raises(AssertionError) as info:
-        check(fn)
+        check(name)(fn)
     message = str(info.value)
-    assert "case '" in message, message
+    assert message.startswith(name), message
     for w in words:
         assert w in message, message
     return message
 
 
-# ------------------------------------------------------------------------------------------ masked mean
+def stub(*args, **kwargs):
+    raise NotImplementedError  # your code here
 
-def test_masked_mean_check_passes_the_reference(capsys):
-    check_masked_mean(masked_mean)
+
+# ------------------------------------------------------------------------------------------ both directions
+
+def test_every_exercise_has_a_check_in_all_and_a_reference():
+    assert exercises.__all__ == [f"check_{n}" for n in EXERCISES]
+    public = {n for n in dir(exercises) if n.startswith("check_")}
+    assert public == set(exercises.__all__)
+    assert set(REFERENCE) == set(EXERCISES)
+
+
+@pytest.mark.parametrize("name", EXERCISES)
+def test_the_reference_passes(name, capsys):
+    check(name)(REFERENCE[name])
     out = capsys.readouterr().out
-    assert out.startswith("✔ masked_mean: all ") and out.rstrip().endswith("checks passed")
+    match = re.fullmatch(rf"✔ {name}: all (\d+) checks passed\n", out)
+    assert match and int(match.group(1)) >= 10, out
 
 
-def test_masked_mean_check_catches_ignoring_the_mask():
-    fails(check_masked_mean, lambda x, mask, dim=None: x.mean() if dim is None else x.mean(dim), "masked_mean")
+@pytest.mark.parametrize("name", EXERCISES)
+def test_the_stub_fails(name):
+    fails(name, stub, "not implemented yet")
 
 
-def test_masked_mean_check_catches_dividing_by_all_entries():
-    def wrong(x, mask, dim=None):
-        s = x * mask
-        return s.mean() if dim is None else s.mean(dim)
-    fails(check_masked_mean, wrong)
+# ------------------------------------------------------------------------------------------ the wrong answers
+
+def whiten_over_padding(x, mask):
+    return (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + 1e-8) * mask
 
 
-def test_masked_mean_check_catches_nan_on_an_all_padding_row():
-    def wrong(x, mask, dim=None):
-        mask = mask.to(x.dtype)
-        return (x * mask).sum() / mask.sum() if dim is None else (x * mask).sum(dim) / mask.sum(dim)
-    fails(check_masked_mean, wrong, "all-padding row")
+def whiten_bessel(x, mask):
+    real = x[mask.bool()]
+    return (x - real.mean()) / torch.sqrt(real.var() + 1e-8) * mask                   # torch.var is unbiased
 
 
-# ------------------------------------------------------------------------------------------ pairwise loss
-
-def test_pairwise_loss_check_passes_the_reference(capsys):
-    check_pairwise_loss(pairwise_loss)
-    assert "✔ pairwise_loss: all" in capsys.readouterr().out
+def whiten_unmasked_output(x, mask):
+    mean = masked_mean(x, mask)
+    return (x - mean) / torch.sqrt(masked_mean((x - mean) ** 2, mask) + 1e-8)
 
 
-def test_pairwise_loss_check_catches_sigma_instead_of_log_sigma():
-    fails(check_pairwise_loss, lambda rc, rr: -torch.sigmoid(rc - rr).mean())
+def log_of_softmax(logits, ids):
+    return torch.log(torch.softmax(logits[:, :-1], -1)).gather(-1, ids[:, 1:, None]).squeeze(-1)
 
 
-def test_pairwise_loss_check_catches_the_gradient_of_sigma_even_when_values_match():
-    """A loss whose values match but whose gradient is σ's: only the gradient case can catch it."""
-    def wrong(rc, rr):
-        ref = -F.logsigmoid(rc - rr)
-        fake = -torch.sigmoid(rc - rr)
-        return (ref.detach() + fake - fake.detach()).mean()
-    fails(check_pairwise_loss, wrong, "gradient", "confident")
+def top_p_without_the_crossing_token(logits, top_p):
+    """The classic: remove where the cumulative mass exceeds top_p, without shifting by one."""
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    remove = sorted_logits.softmax(-1).cumsum(-1) > top_p
+    remove[..., 0] = False
+    return logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
 
 
-def test_pairwise_loss_check_catches_log_of_sigmoid_underflow():
-    fails(check_pairwise_loss, lambda rc, rr: -torch.log(torch.sigmoid(rc - rr)).mean(), "logsigmoid")
+def top_p_in_sorted_order(logits, top_p):
+    sorted_logits, _ = torch.sort(logits, descending=True, dim=-1)
+    probs = sorted_logits.softmax(-1)
+    return logits.masked_fill(probs.cumsum(-1) - probs >= top_p, float("-inf"))
 
 
-def test_pairwise_loss_check_catches_the_swapped_sign():
-    fails(check_pairwise_loss, lambda rc, rr: -F.logsigmoid(rr - rc).mean())
+def pairwise_loss_with_sigma_gradient(rc, rr):
+    """Values right, gradient σ's: only the gradient case can catch it."""
+    fake = -torch.sigmoid(rc - rr)
+    return (-F.logsigmoid(rc - rr).detach() + fake - fake.detach()).mean()
 
 
-def test_pairwise_loss_check_catches_a_sum_over_the_batch():
-    fails(check_pairwise_loss, lambda rc, rr: -F.logsigmoid(rc - rr).sum())
+def ranking_by_columns(rewards, ranks):
+    i, j = torch.triu_indices(rewards.shape[1], rewards.shape[1], 1)
+    return -F.logsigmoid(rewards[:, i] - rewards[:, j]).mean()
 
 
-# ------------------------------------------------------------------------------------------ ranking loss
-
-def test_ranking_loss_check_passes_the_reference(capsys):
-    check_ranking_loss(ranking_loss)
-    assert "✔ ranking_loss: all" in capsys.readouterr().out
+def ranking_adjacent_only(rewards, ranks):
+    ordered = rewards.gather(1, ranks.argsort(1))
+    return -F.logsigmoid(ordered[:, :-1] - ordered[:, 1:]).mean()
 
 
-def test_ranking_loss_check_catches_column_order_instead_of_ranks():
-    def wrong(rewards, ranks):
-        K = rewards.shape[1]
-        i, j = torch.triu_indices(K, K, 1)
-        return -F.logsigmoid(rewards[:, i] - rewards[:, j]).mean()
-    fails(check_ranking_loss, wrong)
+def ranking_with_sigma(rewards, ranks):
+    pairs = torch.combinations(torch.arange(rewards.shape[1]), r=2)
+    i, j = pairs[:, 0], pairs[:, 1]
+    diff = torch.where(ranks[:, i] < ranks[:, j], rewards[:, i] - rewards[:, j], rewards[:, j] - rewards[:, i])
+    return -torch.sigmoid(diff).mean()
 
 
-@pytest.mark.parametrize("wrong", [sigmoid_rank_loss, plackett_luce_loss])
-def test_ranking_loss_check_catches_other_losses(wrong):
-    fails(check_ranking_loss, wrong)
+def kl_but(est, wrong):
+    return lambda lp, ref, e: wrong(lp, ref) if e == est else kl_penalty(lp, ref, e)
 
 
-def test_ranking_loss_check_catches_adjacent_pairs_only():
-    def wrong(rewards, ranks):
-        ordered = rewards.gather(1, ranks.argsort(1))
-        return -F.logsigmoid(ordered[:, :-1] - ordered[:, 1:]).mean()
-    fails(check_ranking_loss, wrong)
+def shaping(scores, lp, ref, mask, beta, where="last_real", sign=-1.0, mask_kl=True):
+    kl = (lp - ref) * mask if mask_kl else lp - ref
+    col = {"last_real": last_true_index(mask), "last_column": torch.full_like(scores, mask.shape[1] - 1).long(),
+           "first": torch.zeros_like(scores).long()}[where]
+    return sign * beta * kl + F.one_hot(col, mask.shape[1]) * scores[:, None], kl
 
 
-# ------------------------------------------------------------------------------------------ KL estimators
-
-def test_kl_penalty_check_passes_the_reference(capsys):
-    check_kl_penalty(kl_penalty)
-    assert "✔ kl_penalty: all" in capsys.readouterr().out
-
-
-def test_kl_penalty_check_catches_the_wrong_sign():
-    fails(check_kl_penalty, lambda lp, ref, est: -kl_penalty(lp, ref, est) if est == "k1" else kl_penalty(lp, ref, est),
-          "k1")
+def shaping_in_place(scores, lp, ref, mask, beta):
+    lp -= ref                                                                       # writes into the caller's tensor
+    rewards = -beta * lp * mask
+    rewards[torch.arange(len(scores)), last_true_index(mask)] += scores
+    return rewards
 
 
-def test_kl_penalty_check_catches_k3_in_the_wrong_direction():
-    def wrong(lp, ref, est):
-        if est != "k3":
-            return kl_penalty(lp, ref, est)
-        log_r = lp - ref
-        return torch.expm1(log_r) - log_r
-    fails(check_kl_penalty, wrong, "k3")
-
-
-def test_kl_penalty_check_catches_k2_without_the_half():
-    fails(check_kl_penalty, lambda lp, ref, est: (ref - lp) ** 2 if est == "k2" else kl_penalty(lp, ref, est), "k2")
-
-
-# ------------------------------------------------------------------------------------------ GAE
-
-def gae_loop(rewards, values, mask, gamma, lam, use_mask=True, discount_trace=True, add_values=True):
+def gae_loop(rewards, values, mask, gamma, lam, use_mask=True, trace_gamma=True, delta_gamma=True, add_values=True):
     """The textbook loop with switches for the classic mistakes."""
-    B, T = rewards.shape
     m = mask if use_mask else torch.ones_like(mask)
     adv = torch.zeros_like(rewards)
-    next_adv = next_v = torch.zeros(B)
-    for t in reversed(range(T)):
-        delta = rewards[:, t] + gamma * next_v * 1.0 - values[:, t]
-        next_adv = (delta + (gamma if discount_trace else 1.0) * lam * next_adv) * m[:, t]
+    next_adv = next_v = torch.zeros(rewards.shape[0])
+    for t in reversed(range(rewards.shape[1])):
+        delta = rewards[:, t] + (gamma if delta_gamma else 1.0) * next_v - values[:, t]
+        next_adv = (delta + (gamma if trace_gamma else 1.0) * lam * next_adv) * m[:, t]
         adv[:, t] = next_adv
         next_v = values[:, t] * m[:, t]
-    return adv, (adv + values) * m if add_values else adv
+    return adv, (adv + values) * mask if add_values else adv
 
 
-def test_compute_gae_check_passes_the_reference(capsys):
-    check_compute_gae(compute_gae)
-    assert "✔ compute_gae: all" in capsys.readouterr().out
-
-
-def test_compute_gae_check_passes_a_correct_loop(capsys):
-    check_compute_gae(lambda r, v, m, g, l: gae_loop(r, v, m, g, l))
-    assert "✔ compute_gae" in capsys.readouterr().out
-
-
-def test_compute_gae_check_catches_unmasked_padding():
-    msg = fails(check_compute_gae, lambda r, v, m, g, l: gae_loop(r, v, m, g, l, use_mask=False), "padding")
-    assert "garbage" in msg
-
-
-def test_compute_gae_check_catches_a_trace_without_gamma():
-    fails(check_compute_gae, lambda r, v, m, g, l: gae_loop(r, v, m, g, l, discount_trace=False), "γ=0.99")
-
-
-def test_compute_gae_check_catches_returns_without_values():
-    fails(check_compute_gae, lambda r, v, m, g, l: gae_loop(r, v, m, g, l, add_values=False), "returns")
-
-
-# ------------------------------------------------------------------------------------------ PPO loss
-
-def ppo_variant(logprobs, old, adv, mask, eps, reduce=torch.max, masked=True):
+def ppo(logprobs, old, adv, mask, eps, reduce=torch.max, masked=True, clip_only=False, clip=True):
     ratio = torch.exp(torch.where(mask.bool(), logprobs - old, torch.zeros_like(old)))
     adv = torch.where(mask.bool(), adv, torch.zeros_like(adv))
-    losses = reduce(-adv * ratio, -adv * torch.clamp(ratio, 1 - eps, 1 + eps))
+    clipped = -adv * torch.clamp(ratio, 1 - eps, 1 + eps) if clip else -adv * ratio
+    losses = clipped if clip_only else reduce(-adv * ratio, clipped)
     return masked_mean(losses, mask) if masked else losses.mean()
 
 
-def test_ppo_policy_loss_check_passes_the_reference(capsys):
-    check_ppo_policy_loss(ppo_policy_loss)
-    assert "✔ ppo_policy_loss: all" in capsys.readouterr().out
+def ppo_gradient_through_clipped_tokens(lp, old, adv, mask, eps):
+    leak = masked_mean(-adv * torch.exp(lp - old), mask)
+    return ppo(lp, old, adv, mask, eps).detach() + leak - leak.detach()
 
 
-def test_ppo_policy_loss_check_catches_min_instead_of_max():
-    fails(check_ppo_policy_loss, lambda *a: ppo_variant(*a, reduce=torch.min))
+def dpo(pc, pr, rc, rr, beta, reference=True, use_beta=True, loss=F.logsigmoid, detach=True, reduce=None):
+    if not reference:
+        rc, rr = torch.zeros_like(rc), torch.zeros_like(rr)
+    chosen, rejected = pc - rc, pr - rr
+    losses = -loss((beta if use_beta else 1.0) * (chosen - rejected))
+    chosen, rejected = (chosen.detach(), rejected.detach()) if detach else (chosen, rejected)
+    return losses if reduce is None else reduce(losses), beta * chosen, beta * rejected
 
 
-def test_ppo_policy_loss_check_catches_a_mean_over_padding():
-    fails(check_ppo_policy_loss, lambda *a: ppo_variant(*a, masked=False), "padding")
+WRONG = [  # (exercise, wrong answer, words the failure message must contain)
+    ("masked_mean", lambda x, m, dim=None: x.mean() if dim is None else x.mean(dim), "padding included"),
+    ("masked_mean", lambda x, m, dim=None: (x * m).mean() if dim is None else (x * m).mean(dim), "ALL entries"),
+    ("masked_mean", lambda x, m, dim=None: (x * m).sum() / m.sum() if dim is None else (x * m).sum(dim) / m.sum(dim),
+     "all-padding row", "clamp"),
+    ("masked_mean", lambda x, m, dim=None: masked_mean(x.mul_(m), m, dim), "in place", "x = x * mask"),
+    ("masked_whiten", whiten_over_padding, "include the padding"),
+    ("masked_whiten", whiten_bessel, "unbiased variance"),
+    ("masked_whiten", whiten_unmasked_output, "multiply the result by the mask"),
+    ("shifted_logprobs", lambda z, ids: logprobs_from_logits(z[:, 1:], ids[:, 1:]),
+     "logits at position i scored token i"),
+    ("shifted_logprobs", lambda z, ids: logprobs_from_logits(z[:, :-1], ids[:, :-1]), "but not the tokens"),
+    ("shifted_logprobs", lambda z, ids: torch.softmax(z[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1),
+     "probabilities, not log-probabilities"),
+    ("shifted_logprobs", log_of_softmax, "underflows", "log_softmax"),
+    ("shifted_logprobs", logprobs_from_logits, "expected shape", "(B, T−1)"),
+    ("top_p_filter", top_p_without_the_crossing_token, "crosses the threshold"),
+    ("top_p_filter", top_p_in_sorted_order, "SORTED order"),
+    ("top_p_filter", lambda z, p: torch.where(torch.isinf(f := filter_logits(z, top_p=p)), 0.0, f), "float('-inf')"),
+    ("pairwise_loss", lambda rc, rr: -torch.sigmoid(rc - rr).mean(), "σ in place of log σ", "−σ(Δ)"),
+    ("pairwise_loss", lambda rc, rr: (1 - torch.sigmoid(rc - rr)).mean(), "σ in place of log σ"),
+    ("pairwise_loss", pairwise_loss_with_sigma_gradient, "gradient", "confident"),
+    ("pairwise_loss", lambda rc, rr: -torch.log(torch.sigmoid(rc - rr)).mean(), "logsigmoid"),
+    ("pairwise_loss", lambda rc, rr: -F.logsigmoid(rr - rc).mean(), "wrong way round"),
+    ("pairwise_loss", lambda rc, rr: -F.logsigmoid(rc - rr).sum(), "summed"),
+    ("ranking_loss", lambda r, ranks: ranking_loss(r, r.shape[1] - 1 - ranks), "ranks in reverse",
+     "rank 0 is the BEST"),
+    ("ranking_loss", ranking_by_columns, "column order"),
+    ("ranking_loss", lambda r, ranks: ranking_by_columns(r.gather(1, ranks), ranks), "rank OF candidate k"),
+    ("ranking_loss", ranking_with_sigma, "σ in place of log σ"),
+    ("ranking_loss", ranking_adjacent_only, "neighbouring"),
+    ("ranking_loss", sigmoid_rank_loss),
+    ("ranking_loss", plackett_luce_loss),
+    ("kl_penalty", kl_but("k1", lambda lp, ref: ref - lp), "k1 has the sign flipped"),
+    ("kl_penalty", kl_but("k2", lambda lp, ref: (ref - lp) ** 2), "k2 has no ½"),
+    ("kl_penalty", kl_but("k3", lambda lp, ref: torch.expm1(lp - ref) - (lp - ref)), "k3 uses r the wrong way round"),
+    ("shape_rewards", lambda *a: shaping(*a, where="last_column"), "last COLUMN", "trl #1893"),
+    ("shape_rewards", lambda *a: shaping(*a, where="first"), "first token"),
+    ("shape_rewards", lambda *a: shaping(*a, sign=+1.0), "wrong sign"),
+    ("shape_rewards", lambda *a: shaping(*a, mask_kl=False), "garbage", "multiply by the mask"),
+    ("shape_rewards", shaping_in_place, "in place"),
+    ("compute_gae", lambda *a: gae_loop(*a, use_mask=False), "garbage", "multiply next_value and next_advantage"),
+    ("compute_gae", lambda *a: gae_loop(*a, trace_gamma=False), "λ without γ"),
+    ("compute_gae", lambda *a: gae_loop(*a, delta_gamma=False), "not discounted by γ"),
+    ("compute_gae", lambda *a: gae_loop(*a, add_values=False), "returns = advantages + values"),
+    ("ppo_policy_loss", lambda *a: ppo(*a, clip_only=True), "clip without the max"),
+    ("ppo_policy_loss", lambda *a: ppo(*a, reduce=torch.min), "min of the NEGATED"),
+    ("ppo_policy_loss", lambda *a: ppo(*a, clip=False), "nothing is clipped"),
+    ("ppo_policy_loss", lambda *a: ppo(*a, masked=False), "averaged over the padding"),
+    ("ppo_policy_loss", lambda lp, old, *a: ppo(old, lp, *a), "upside down"),
+    ("ppo_policy_loss", ppo_gradient_through_clipped_tokens, "d loss / d logprob", "no gradient"),
+    ("dpo_loss", lambda *a: dpo(*a, reference=False), "left out the reference model"),
+    ("dpo_loss", lambda *a: dpo(*a, use_beta=False), "left out β"),
+    ("dpo_loss", lambda *a: dpo(*a, loss=torch.sigmoid), "σ in place of log σ"),
+    ("dpo_loss", lambda pc, pr, rc, rr, beta: dpo(pr, pc, rr, rc, beta)[:1] + dpo(pc, pr, rc, rr, beta)[1:],
+     "wrong sign"),
+    ("dpo_loss", lambda *a: dpo(*a, detach=False), "detached", ".detach()"),
+    ("dpo_loss", lambda *a: dpo(*a, reduce=torch.mean), "one loss per pair"),
+    ("dpo_loss", lambda *a: dpo(*a)[0], "return (losses, chosen_rewards, rejected_rewards)"),
+    ("dpo_loss", lambda pc, pr, rc, rr, beta: (dpo(pc, pr, rc, rr, beta)[0], pc - rc, pr - rr), "no β"),
+]
 
 
-def test_ppo_policy_loss_check_catches_no_clipping():
-    fails(check_ppo_policy_loss, lambda lp, old, adv, mask, eps: masked_mean(-adv * torch.exp(lp - old), mask))
+@pytest.mark.parametrize("name, wrong, words", [pytest.param(w[0], w[1], w[2:], id=f"{w[0]}-{i}")
+                                                for i, w in enumerate(WRONG)])
+def test_a_wrong_answer_fails_with_a_hint_naming_the_mistake(name, wrong, words):
+    message = fails(name, wrong, *words)
+    assert "HINT: " in message or not words, message
 
 
-def test_ppo_policy_loss_check_catches_gradient_through_clipped_tokens():
-    """Values right, gradient wrong: the clipped surrogate replaced by one that keeps the unclipped gradient."""
-    def wrong(lp, old, adv, mask, eps):
-        right = ppo_variant(lp, old, adv, mask, eps)
-        leak = masked_mean(-adv * torch.exp(lp - old), mask)
-        return right.detach() + leak - leak.detach()
-    fails(check_ppo_policy_loss, wrong, "d loss / d logprob")
+def test_every_exercise_has_a_wrong_answer_with_a_hint():
+    assert {w[0] for w in WRONG if len(w) > 2} == set(EXERCISES)
 
 
-# ------------------------------------------------------------------------------------------ reward shaping
-
-def test_shape_rewards_check_passes_the_reference(capsys):
-    check_shape_rewards(shape_rewards)
-    assert "✔ shape_rewards: all" in capsys.readouterr().out
-
-
-def shaping_variant(scores, lp, ref, mask, beta, where="last_real", sign=-1.0, mask_kl=True):
-    kl = lp - ref
-    if mask_kl:
-        kl = kl * mask
-    rewards = sign * beta * kl
-    col = {"last_real": last_true_index(mask), "last_column": torch.full_like(scores, mask.shape[1] - 1).long(),
-           "first": torch.zeros_like(scores).long()}[where]
-    rewards = rewards + F.one_hot(col, mask.shape[1]) * scores[:, None]
-    return rewards, kl
+def test_grade_carries_on_after_a_failure_and_counts(capsys):
+    namespace = dict(REFERENCE, pairwise_loss=lambda rc, rr: -torch.sigmoid(rc - rr).mean())
+    del namespace["compute_gae"]
+    assert grade(namespace) == 1
+    out = capsys.readouterr().out
+    assert "✘ pairwise_loss — case" in out and "σ in place of log σ" in out
+    assert "✘ compute_gae: there is no function named compute_gae" in out
+    assert out.count("✔ ") == len(EXERCISES) - 2
+    assert out.rstrip().endswith(f"{len(EXERCISES) - 2} of {len(EXERCISES)} exercises pass")
+    assert grade(REFERENCE) == 0
 
 
-def test_shape_rewards_check_catches_the_score_on_the_last_column():
-    fails(check_shape_rewards, lambda *a: shaping_variant(*a, where="last_column"), "last REAL token")
+# ------------------------------------------------------------------------------------------ the notebook
+
+def cells(nb, kind=None):
+    return [c for c in nb["cells"] if kind is None or c["cell_type"] == kind]
 
 
-def test_shape_rewards_check_catches_the_score_on_the_first_token():
-    fails(check_shape_rewards, lambda *a: shaping_variant(*a, where="first"))
+def source(cell) -> str:
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
 
 
-def test_shape_rewards_check_catches_a_kl_bonus():
-    fails(check_shape_rewards, lambda *a: shaping_variant(*a, sign=+1.0))
+def tags(cell) -> set:
+    return set(cell.get("metadata", {}).get("tags", []))
 
 
-def test_shape_rewards_check_catches_unmasked_kl():
-    fails(check_shape_rewards, lambda *a: shaping_variant(*a, mask_kl=False), "garbage")
+def test_the_solved_notebook_has_every_exercise_in_the_order_of_all():
+    nb = json.loads(NOTEBOOK.read_text(encoding="utf-8"))
+    intro = source(cells(nb, "markdown")[0])
+    assert re.findall(r"^\| \d+ \| `(\w+)`", intro, flags=re.MULTILINE) == list(EXERCISES)
+    calls = r"^check_(\w+)\((\w+)\)$"
+    checked = [m for c in cells(nb, "code") for m in re.findall(calls, source(c), flags=re.MULTILINE)]
+    assert checked == [(n, n) for n in EXERCISES]                    # check_<name>(<name>), once each, in order
+    for name in EXERCISES:
+        (definition,) = [source(c) for c in cells(nb, "code") if f"\ndef {name}(" in "\n" + source(c)]
+        assert BEGIN in definition and END in definition
 
 
-def test_shape_rewards_check_catches_in_place_writes():
-    def wrong(scores, lp, ref, mask, beta):
-        lp -= ref                                                   # writes into the caller's tensor
-        rewards = -beta * lp * mask
-        rewards[torch.arange(len(scores)), last_true_index(mask)] += scores
-        return rewards
-    fails(check_shape_rewards, wrong, "in place")
+def test_the_teacher_note_gives_the_commands_that_make_the_students_copies():
+    nb = json.loads(NOTEBOOK.read_text(encoding="utf-8"))
+    (note,) = [source(c) for c in nb["cells"] if TEACHER in tags(c)]
+    for out in ("exercises.ipynb", "exercises.py"):
+        assert f"python -m minirlhf.exercises.blank notebooks/exercises_rlhf.ipynb {out}\n" in note
+    assert "solved" in note and "--force" in note
 
 
-# ------------------------------------------------------------------------------------------ the notebook's stubs
+def blank(tmp_path, out_name, *extra):
+    out = tmp_path / out_name
+    assert main([str(NOTEBOOK), str(out), *extra]) == 0
+    return out
+
+
+def test_the_students_notebook_has_stubs_and_says_nothing_about_solutions(tmp_path, capsys):
+    nb = json.loads(blank(tmp_path, "exercises.ipynb").read_text(encoding="utf-8"))
+    assert capsys.readouterr().out.strip() == f"{tmp_path / 'exercises.ipynb'}: {len(EXERCISES)} solution blocks " \
+                                              "replaced by stubs"
+    assert not [c for c in nb["cells"] if TEACHER in tags(c)]
+    text = "\n".join(source(c) for c in nb["cells"])
+    assert "solved" not in text.lower() and "solution" not in text.lower()
+    assert set(re.findall(r"minirlhf[\w./]*", text)) == {"minirlhf.exercises"}   # no pointer to the references
+    for name in EXERCISES:
+        (definition,) = [source(c) for c in cells(nb, "code") if f"\ndef {name}(" in "\n" + source(c)]
+        (fn,) = [n for n in ast.parse(definition).body if isinstance(n, ast.FunctionDef)]
+        assert ast.unparse(fn.body[-1]) == "raise NotImplementedError" and STUB in definition
+    for c in cells(nb, "code"):
+        ast.parse(source(c))
+        assert c["outputs"] == [] and c["execution_count"] is None
+
+
+def test_the_students_script_runs_and_reports_every_stub(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    out = tmp_path / "exercises.py"
+    made = subprocess.run([sys.executable, "-m", "minirlhf.exercises.blank", str(NOTEBOOK), str(out)],
+                          capture_output=True, text=True, env=env)
+    assert made.returncode == 0, made.stderr
+    script = out.read_text(encoding="utf-8")
+    assert "solved" not in script.lower() and BEGIN not in script
+    assert set(re.findall(r"minirlhf[\w./]*", script)) == {"minirlhf.exercises"}
+    ran = subprocess.run([sys.executable, out.name], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert ran.returncode == 1, ran.stderr
+    for name in EXERCISES:
+        assert f"✘ {name}: not implemented yet" in ran.stdout, ran.stdout
+    assert ran.stdout.rstrip().endswith(f"0 of {len(EXERCISES)} exercises pass")
+    again = subprocess.run([sys.executable, "-m", "minirlhf.exercises.blank", str(NOTEBOOK), str(out)],
+                           capture_output=True, text=True, env=env)
+    assert again.returncode == 2 and again.stderr.strip().count("\n") == 0 and "--force" in again.stderr
+
+
+def test_the_notebooks_solutions_pass_as_a_script(tmp_path):
+    """The answer key (the .py file with the solutions kept) runs and every exercise passes."""
+    nb = json.loads(NOTEBOOK.read_text(encoding="utf-8"))
+    script, n = student_script(nb, "key.py", blank=False)
+    assert n == 0 and BEGIN in script
+    (tmp_path / "key.py").write_text(script, encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    ran = subprocess.run([sys.executable, "key.py"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    for name in EXERCISES:
+        assert f"✔ {name}: all" in ran.stdout
+    assert "check_masked_mean(masked_mean)" not in script                       # check calls stay in the notebook
+
+
+def test_blank_refuses_to_overwrite_without_force(tmp_path, capsys):
+    out = tmp_path / "exercises.ipynb"
+    out.write_text("the students' work", encoding="utf-8")
+    assert main([str(NOTEBOOK), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "exists" in err and "--force" in err
+    assert out.read_text(encoding="utf-8") == "the students' work"
+    blank(tmp_path, "exercises.ipynb", "--force")
+    assert json.loads(out.read_text(encoding="utf-8"))["cells"]
+
+
+def test_blank_never_writes_over_the_solved_notebook(tmp_path, capsys):
+    solved = tmp_path / "solved.ipynb"
+    solved.write_bytes(NOTEBOOK.read_bytes())
+    assert main([str(solved), str(solved), "--force"]) == 2
+    assert "solved notebook itself" in capsys.readouterr().err
+    assert solved.read_bytes() == NOTEBOOK.read_bytes()
+
+
+@pytest.mark.parametrize("case", ["suffix", "missing", "not json", "unclosed block"])
+def test_blank_reports_bad_input_in_one_line(case, tmp_path, capsys):
+    src, out = NOTEBOOK, tmp_path / "exercises.ipynb"
+    if case == "suffix":
+        out = tmp_path / "exercises.txt"
+    elif case == "missing":
+        src = tmp_path / "nowhere.ipynb"
+    elif case == "not json":
+        src = tmp_path / "bad.ipynb"
+        src.write_text("{", encoding="utf-8")
+    else:
+        src = tmp_path / "bad.ipynb"
+        src.write_text(json.dumps({"cells": [{"cell_type": "code", "source": f"{BEGIN}\nx = 1\n"}]}), encoding="utf-8")
+    assert main([str(src), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert not out.exists()
+
 
 def test_blank_source_replaces_solution_blocks_with_a_stub():
     src = f"def f(x):\n    \"\"\"doc\"\"\"\n    {BEGIN}\n    y = x + 1\n    return y\n    {END}\n\nprint(1)\n"
-    out = blank_source(src)
-    assert out == f"def f(x):\n    \"\"\"doc\"\"\"\n    {STUB}\n\nprint(1)\n"
-    with pytest.raises(ValueError):
-        blank_source(f"    {BEGIN}\n    x = 1\n")
-
-
-def test_blank_notebook_removes_every_solution_and_keeps_valid_code(tmp_path):
-    out = tmp_path / "blank.ipynb"
-    n = blank_notebook(NOTEBOOK, out)
-    assert n >= 7  # one block per exercise at least
-    nb = json.loads(out.read_text(encoding="utf-8"))
-    code = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
-    assert sum(src.count(STUB) for src in code) == n
-    for src in code:
-        assert BEGIN not in src and END not in src
-        ast.parse(src)                                              # every stub cell is still valid Python
+    assert blank_source(src) == f"def f(x):\n    \"\"\"doc\"\"\"\n    {STUB}\n\nprint(1)\n"
+    for bad in (f"    {BEGIN}\n    x = 1\n", f"x = 1\n{END}\n", f"{BEGIN}\n{BEGIN}\n{END}\n"):
+        with pytest.raises(ValueError):
+            blank_source(bad)
