@@ -106,6 +106,17 @@ def cmd_ppo(args, overrides):
     _done(f"saved policy to {args.out}")
 
 
+def cmd_grpo(args, overrides):
+    from .data import load_prompts
+    from .grpo import RLOOConfig, train_grpo
+    if args.algo == "rloo":
+        args.config_cls = RLOOConfig  # the same fields, RLOO's defaults (k1 KL in the reward)
+    config = _config_from_args(args, overrides)
+    prompts = load_prompts(args.prompts)
+    train_grpo(prompts, args.init, args.reward, args.out, config, resume=args.resume, overwrite=args.overwrite)
+    _done(f"saved {args.algo} policy to {args.out}")
+
+
 def cmd_reward(args, overrides):
     from pathlib import Path
 
@@ -175,6 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", required=True, help="the pretrained policy directory (also the frozen reference)")
     p.add_argument("--reward", required=True, help="the reward model directory")
     p.set_defaults(fn=cmd_ppo)
+
+    from .grpo import GRPOConfig
+    p = _training_parser(sub, "grpo", "RL-train a policy with GRPO or RLOO (a group of responses per prompt, no "
+                         "critic) against a reward model", GRPOConfig, length_flag="iterations")
+    p.add_argument("--algo", choices=("grpo", "rloo"), default="grpo",
+                   help="grpo: group-normalised advantages, k3 KL loss term; rloo: leave-one-out baseline, "
+                        "k1 KL in the reward (default kl_estimator=k1) (default: grpo)")
+    p.add_argument("--prompts", required=True, help='a .jsonl file of {"prompt": ...} lines')
+    p.add_argument("--init", required=True, help="the pretrained policy directory (also the frozen reference)")
+    p.add_argument("--reward", required=True, help="the reward model directory")
+    p.set_defaults(fn=cmd_grpo)
 
     from .reward import LOSSES, RewardConfig
     p = _training_parser(sub, "reward", "train a reward model on preference pairs or rankings", RewardConfig)

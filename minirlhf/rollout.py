@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 from .errors import InputError
 from .model import GPT, RewardModel
@@ -68,6 +69,19 @@ def sequence_logprobs(gpt: GPT, sequences, attention_mask, prompt_len: int, temp
     """Response logprobs (B, N) (and entropy) of `sequences` under `gpt`: used for the reference model."""
     hidden = response_hidden(gpt, sequences, attention_mask, prompt_len)
     return response_logprobs(gpt, hidden, sequences[:, prompt_len:], temperature, with_entropy)
+
+
+class PolicyLogprobs(nn.Module):
+    """A policy as an update sees it: forward(sequences, attention_mask, prompt_len, temperature) -> (B, N)
+    response logprobs. The critic-free trainers (GRPO, RLOO) train this module; PPO's ActorCritic adds values.
+    A module (not a function) so that `torch.compile` can take the whole update forward."""
+
+    def __init__(self, policy: GPT):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, sequences, attention_mask, prompt_len: int, temperature: float) -> torch.Tensor:
+        return sequence_logprobs(self.policy, sequences, attention_mask, prompt_len, temperature)
 
 
 def score(reward, sequences, attention_mask, response_mask) -> torch.Tensor:
