@@ -4,11 +4,13 @@
     kl            mean over samples of Σ_t (log π − log π_ref): nats the policy moved from its reference
     distinct-n    distinct n-grams / all n-grams over every response (Li et al. 2016): falls when the
                   policy collapses to one phrase, the classic failure of over-optimisation
+    best-of-n     the zero-training baseline: keep the best of n samples by the reward model (best_of_n)
 A task can add its own independent judge (the sentiment demo uses snownlp's classifier), which is the
 honest check: the reward model is what the policy was trained to please.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +18,9 @@ import torch
 from .advantages import kl_penalty
 from .model import GPT, RewardModel
 from .reward_eval import score_sequences
-from .rollout import collect
+from .rollout import collect, score
+from .runtime import autocast
+from .sampling import sample_batches
 from .tokenizer import Tokenizer
 
 
@@ -52,6 +56,37 @@ def sample_and_score(policy: GPT, ref: GPT, reward: RewardModel, tokenizer: Toke
         out.responses += tokenizer.decode_batch(ro.responses.tolist())
         out.rewards += ro.scores.tolist()
         out.kl += (kl_penalty(ro.logprobs, ro.ref_logprobs, "k1") * ro.response_mask).sum(-1).tolist()
+    return out
+
+
+def best_of_n_kl_bound(n: int) -> float:
+    """KL(π_best-of-n ‖ π) ≤ log n − (n − 1)/n nats (Stiennon et al. 2020, appendix; Beirami et al. 2024 show
+    it is an upper bound, tight only when no two samples tie): what best-of-n "pays" in KL for its reward."""
+    return math.log(n) - (n - 1) / n
+
+
+@torch.no_grad()
+def best_of_n(policy: GPT, reward: RewardModel, tokenizer: Tokenizer, prompts: list[str], n_per_prompt: int,
+              n: int, max_new_tokens: int, temperature: float = 1.0, seed: int = 0, batch_size: int = 128) -> Samples:
+    """The zero-training baseline: for each of n_per_prompt draws per prompt, sample n responses from `policy`
+    and keep the one the reward model scores highest (rejection sampling; Nakano et al. 2021, Gao et al. 2022).
+
+    Returns the kept samples; their `kl` is best_of_n_kl_bound(n) (an upper bound, not an estimate from the
+    samples). n = 1 is the policy itself. Costs n times the sampling and no gradient step.
+    """
+    if n < 1:
+        raise ValueError(f"best_of_n needs n >= 1, got {n}")
+    out = Samples([], [], [], [])
+    per_batch = max(1, batch_size // n) * n              # the n candidates of a draw stay in one batch
+    draws = [p for p in prompts for _ in range(n_per_prompt)]
+    for chunk, g in sample_batches(policy, tokenizer, draws, n, max_new_tokens, temperature, seed, per_batch):
+        with autocast(g.sequences.device):
+            scores = score(reward, g.sequences, g.attention_mask, g.response_mask.float())
+        best = scores.view(-1, n).argmax(1) + torch.arange(0, len(chunk), n, device=scores.device)   # (draws,)
+        out.prompts += chunk[::n]
+        out.responses += tokenizer.decode_batch(g.responses[best].tolist())
+        out.rewards += scores[best].tolist()
+    out.kl = [best_of_n_kl_bound(n)] * len(out.rewards)
     return out
 
 
