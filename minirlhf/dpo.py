@@ -7,9 +7,10 @@ model and no sampling.
         ──minus the same under π_ref (precomputed once, before training)──▶ Δ
         ──losses.dpo_loss──▶ −log σ(β Δ) (sigmoid), relu(1 − β Δ) (hinge), (Δ − 1/(2β))² (ipo)
 
-CPU: `minirlhf dpo --data pairs.jsonl --init runs/lm --out runs/dpo` (the policy and the reference both start
-from the pretrained LM in --init; a minute or two for the default 4-layer model). GPU: add `--device cuda`
-(bf16 autocast) and a bigger batch, e.g. `--batch_size=64`.
+CPU: `minirlhf dpo --data pairs.jsonl --init runs/lm --out runs/dpo --steps 100` (the policy and the
+reference both start from the pretrained LM in --init; a step is one forward and backward over 2 × batch_size
+sequences). GPU: add `--device cuda` (bf16 autocast) and a bigger batch, e.g. `--batch_size=64`. Several
+processes: `torchrun --nproc_per_node 2 -m minirlhf dpo ...` (offline.py).
 
 Choices and simplifications, said out loud:
   * Reference log-probabilities are computed once, before the first step, by the --init policy itself

@@ -8,8 +8,9 @@ sampling during training.
         ──NLL of the best-scored response, per token──▶ L_sft
         loss = rrhf_weight · L_rank + L_sft
 
-CPU: `minirlhf rrhf --data rankings.jsonl --init runs/lm --out runs/rrhf` (a minute or two for the default
-4-layer model). GPU: add `--device cuda` (bf16 autocast) and a bigger batch, e.g. `--batch_size=32`.
+CPU: `minirlhf rrhf --data rankings.jsonl --init runs/lm --out runs/rrhf --steps 100` (a step is one forward
+and backward over Σ K sequences of batch_size queries). GPU: add `--device cuda` (bf16 autocast) and a bigger
+batch, e.g. `--batch_size=32`. Several processes: `torchrun --nproc_per_node 2 -m minirlhf rrhf ...`.
 
 Choices and simplifications, said out loud:
   * The loss is the authors' code's, rrhf_weight · L_rank + L_sft (GanjinZero/RRHF train.py; their scripts
