@@ -21,6 +21,9 @@ Pitfalls of training on fixed responses, each handled here once (and tested in t
     neighbours are.
   * One forward. DPO's chosen and rejected responses of a batch (RRHF's K candidates of every query) go
     through the model together as one batch: one forward and one backward per step, not two.
+
+`make_preferences` makes such data from a policy's own samples ranked by a reward model: best-vs-worst Pairs
+for DPO and all-k Rankings for RRHF.
 """
 from __future__ import annotations
 
@@ -30,9 +33,13 @@ from typing import NamedTuple
 
 import torch
 
+from .data import Pair, Ranking
 from .losses import sequence_scores
+from .model import GPT
 from .ops import shifted_logprobs
+from .rollout import apply_missing_eos_penalty, score
 from .runtime import autocast
+from .sampling import sample_batches
 from .tokenizer import Tokenizer
 
 
@@ -137,3 +144,41 @@ def batched_response_logps(model, seqs: list[Joined], pad_id: int, length_penalt
            for i in range(0, len(seqs), batch_size)]
     model.train(was_training)
     return torch.cat(out)
+
+
+@torch.no_grad()
+def make_preferences(policy: GPT, reward, tokenizer: Tokenizer, prompts: list[str], k: int, max_new_tokens: int,
+                     seed: int = 0, temperature: float = 1.0, batch_size: int = 128,
+                     missing_eos_penalty: float | None = None) -> tuple[list[Pair], list[Ranking]]:
+    """k samples of `policy` for each prompt, scored by `reward` -> (pairs, rankings).
+
+    rankings: one Ranking per prompt with its k responses, their scores and sources "sampled" (RRHF's input).
+    pairs: per prompt, the best-scored response as chosen and the worst as rejected (the first of tied ones;
+    DPO's input); a prompt whose k scores are all equal, or whose best and worst texts are the same, gives no
+    pair, so there may be fewer pairs than prompts.
+
+    `reward` is a RewardModel (normalised scores, read at the last real token of prompt ⊕ response, as PPO is
+    rewarded) or a callable fn(sequences, response_mask) -> (B,), as rollout.score takes it. Sampling is
+    plain (no top-k / top-p) at `temperature`, from one CPU generator seeded `seed` (sampling.sample_batches);
+    with missing_eos_penalty a response that never produced EOS gets that score instead. Responses are text:
+    decoded without special tokens, so training re-encodes them (a response that hit max_new_tokens is then
+    given an EOS; a byte-level tokenizer may split a sampled text differently). A response that is EOS alone
+    is the empty string, which data files (data.load_pairs) refuse: keep such pairs in memory or filter them.
+    """
+    if k < 2:
+        raise ValueError(f"k must be at least 2 (a preference needs two responses), got {k}")
+    device = next(policy.parameters()).device
+    texts, scores = [], []
+    for _, gen in sample_batches(policy, tokenizer, prompts, k, max_new_tokens, temperature, seed, batch_size):
+        with autocast(device):
+            s = score(reward, gen.sequences, gen.attention_mask, gen.response_mask.float())
+        scores += apply_missing_eos_penalty(s, gen.responses, tokenizer.eos_id, missing_eos_penalty).tolist()
+        texts += tokenizer.decode_batch(gen.responses.tolist())
+    pairs, rankings = [], []
+    for i, prompt in enumerate(prompts):
+        r, s = texts[i * k:(i + 1) * k], scores[i * k:(i + 1) * k]
+        rankings.append(Ranking(prompt, r, s, ["sampled"] * k))
+        best, worst = s.index(max(s)), s.index(min(s))
+        if s[best] > s[worst] and r[best] != r[worst]:
+            pairs.append(Pair(prompt, r[best], r[worst]))
+    return pairs, rankings

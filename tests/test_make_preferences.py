@@ -1,4 +1,4 @@
-"""make_preferences: a policy's k samples per prompt, scored -> best-vs-worst Pairs and all-k Rankings.
+"""responses.make_preferences: a policy's k samples per prompt, scored -> best-vs-worst Pairs and all-k Rankings.
 
 The policy is built by hand so that every sample can be checked from its text: all its blocks are zeroed and its
 final LayerNorm outputs a fixed vector v, so its next-token distribution is the same everywhere, uniform over
@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from minirlhf import GPT, GPTConfig, RewardModel, Tokenizer
-from minirlhf.evaluation import make_preferences, score_texts
+from minirlhf.evaluation import score_texts
+from minirlhf.responses import make_preferences
 
 PROMPTS = ["这部电影很", "刚收到货，感觉", "说实话", "总的来说"]
 WORDS = "好不坏"
