@@ -132,6 +132,35 @@ def cmd_reward(args, overrides):
     _done(f"saved reward model to {args.out}")
 
 
+# ---------------------------------------------------------------- the offline trainers: DPO, RRHF, SFT
+
+def cmd_dpo(args, overrides):
+    from .data import load_pairs
+    from .dpo import train_dpo
+    config = _config_from_args(args, overrides)
+    pairs = load_pairs(args.data)
+    train_dpo(pairs, args.init, args.out, config, resume=args.resume, overwrite=args.overwrite)
+    _done(f"saved DPO policy to {args.out}")
+
+
+def cmd_rrhf(args, overrides):
+    from .data import load_rankings
+    from .rrhf import train_rrhf
+    config = _config_from_args(args, overrides)
+    rankings = load_rankings(args.data)
+    train_rrhf(rankings, args.init, args.out, config, resume=args.resume, overwrite=args.overwrite)
+    _done(f"saved RRHF policy to {args.out}")
+
+
+def cmd_sft(args, overrides):
+    from .data import load_demonstrations
+    from .sft import train_sft
+    config = _config_from_args(args, overrides)
+    demonstrations = load_demonstrations(args.data)
+    train_sft(demonstrations, args.init, args.out, config, resume=args.resume, overwrite=args.overwrite)
+    _done(f"saved SFT policy to {args.out}")
+
+
 def cmd_demo(args, overrides):
     from .recipes.sentiment_zh import DemoConfig, print_report, quick_config, run_demo
     config = apply_overrides(quick_config() if args.quick else DemoConfig(), overrides)
@@ -205,6 +234,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", required=True, help="the pretrained LM directory the trunk (and tokenizer) come from")
     p.add_argument("--loss", choices=LOSSES, help="reward loss (default auto: pairwise for pairs, ranking for rankings)")
     p.set_defaults(fn=cmd_reward)
+
+    # -- the offline trainers: DPO, RRHF, SFT on demonstrations (the policy learns from fixed responses) --
+    from .dpo import DPOConfig
+    p = _training_parser(sub, "dpo", "train a policy on preference pairs with DPO (no reward model, no sampling)",
+                         DPOConfig)
+    p.add_argument("--data", required=True, help="a .jsonl file of pairs {prompt, chosen, rejected}")
+    p.add_argument("--init", required=True, help="the pretrained policy directory (also the frozen reference)")
+    p.set_defaults(fn=cmd_dpo)
+
+    from .rrhf import RRHFConfig
+    p = _training_parser(sub, "rrhf", "train a policy on ranked responses with RRHF (ranking loss + SFT on the best)",
+                         RRHFConfig)
+    p.add_argument("--data", required=True, help="a .jsonl file of rankings {query, responses, scores[, sources]}")
+    p.add_argument("--init", required=True, help="the pretrained policy directory")
+    p.set_defaults(fn=cmd_rrhf)
+
+    from .sft import SFTConfig
+    p = _training_parser(sub, "sft", "fine-tune a policy on {prompt, response} demonstrations (loss on the "
+                         "response tokens only)", SFTConfig)
+    p.add_argument("--data", required=True, help='a .jsonl file of {"prompt": ..., "response": ...} lines')
+    p.add_argument("--init", required=True, help="the pretrained policy directory")
+    p.set_defaults(fn=cmd_sft)
 
     from .recipes.sentiment_zh import DemoConfig
     p = sub.add_parser("demo", help="the flagship: Chinese review-sentiment RLHF, end to end, offline",

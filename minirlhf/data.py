@@ -1,9 +1,12 @@
-"""Loading the data files (texts, prompts, pairs, rankings), every bad line reported as file:line.
+"""Loading the data files (texts, prompts, pairs, rankings, demonstrations), every bad line reported as file:line.
 
-    texts     .txt, one document a line; or .jsonl {"text": str}
-    prompts   {"prompt": str}
-    pairs     {"prompt": str, "chosen": str, "rejected": str}, or full-text {"chosen", "rejected"}
-    rankings  {"query": str, "responses": [str, ...], "scores": [number, ...]}   (the RRHF format)
+    texts           .txt, one document a line; or .jsonl {"text": str}
+    prompts         {"prompt": str}
+    pairs           {"prompt": str, "chosen": str, "rejected": str}, or full-text {"chosen", "rejected"}
+    rankings        {"query": str, "responses": [str, ...], "scores": [number, ...]}   (the RRHF format),
+                    optionally "sources": ["provided" | "sampled", ...], one per response: where it came from
+                    (a dataset's own answers vs samples of a policy; RRHF's only_use_provide / only_use_sample)
+    demonstrations  {"prompt": str, "response": str}   (supervised fine-tuning, InstructGPT's first step)
 
 Files are UTF-8 (a leading BOM is allowed); blank lines are skipped; fields other than these are
 ignored. A problem raises `InputError("file:line: what is wrong")` before any training starts.
@@ -28,12 +31,24 @@ class Pair:
     rejected: str
 
 
+SOURCES = ("provided", "sampled")
+
+
 @dataclass
 class Ranking:
-    """One query with K >= 2 responses and their scores (higher is better)."""
+    """One query with K >= 2 responses and their scores (higher is better). `sources`, when given, says
+    for each response whether the data set provided it or a policy sampled it (see SOURCES)."""
     query: str
     responses: list[str]
     scores: list[float]
+    sources: list[str] | None = None
+
+
+@dataclass
+class Demonstration:
+    """A prompt and the response to learn (the prompt is context only: it is not in the loss)."""
+    prompt: str
+    response: str
 
 
 def _lines(path):
@@ -132,7 +147,16 @@ def _ranking(obj, path, lineno) -> Ranking:
             raise at(path, lineno, f"field 'scores'[{k}] must be a number, got {_type_name(score)}")
         if not math.isfinite(score):
             raise at(path, lineno, f"field 'scores'[{k}] must be finite, got {score}")
-    return Ranking(query, list(responses), [float(s) for s in scores])
+    sources = obj.get("sources")
+    if sources is not None:
+        if len(_list(sources, "'sources'", path, lineno)) != len(responses):
+            raise at(path, lineno, f"{len(responses)} responses but {len(sources)} sources")
+        for k, source in enumerate(sources):
+            if source not in SOURCES:
+                raise at(path, lineno, f"field 'sources'[{k}] must be one of {', '.join(map(repr, SOURCES))}, "
+                                       f"got {source!r}")
+        sources = list(sources)
+    return Ranking(query, list(responses), [float(s) for s in scores], sources)
 
 
 def load_pairs(path) -> list[Pair]:
@@ -141,8 +165,15 @@ def load_pairs(path) -> list[Pair]:
 
 
 def load_rankings(path) -> list[Ranking]:
-    """RRHF-style rankings: {"query", "responses", "scores"}, K >= 2, scores finite numbers."""
+    """RRHF-style rankings: {"query", "responses", "scores"[, "sources"]}, K >= 2, scores finite numbers."""
     return [_ranking(obj, path, n) for n, obj in _records(path)]
+
+
+def load_demonstrations(path) -> list[Demonstration]:
+    """Supervised fine-tuning data: {"prompt", "response"}; the prompt may be empty, the response not."""
+    return [Demonstration(_text(_field(obj, "prompt", path, n), "'prompt'", path, n, allow_empty=True),
+                          _text(_field(obj, "response", path, n), "'response'", path, n))
+            for n, obj in _records(path)]
 
 
 def load_preferences(path) -> list[Pair] | list[Ranking]:

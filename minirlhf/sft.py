@@ -1,15 +1,25 @@
-"""Pretraining / supervised fine-tuning: next-token prediction on texts. Its output is the reference policy.
+"""Pretraining and supervised fine-tuning: next-token prediction. Its output is the reference policy.
 
-    loss = mean over real tokens t of  −log p(x_t | x_<t)        (each text is [bos] x_1 … x_n [eos])
+    pretrain   loss = mean over real tokens t of  −log p(x_t | x_<t)           (each text is [bos] x_1 … x_n [eos])
+    train_sft  loss = mean over RESPONSE tokens of −log p(y_t | x, y_<t)       (InstructGPT's first step: a
+               demonstration {prompt x, response y} is [bos] x ⊕ y [eos]; the prompt is context, never a target)
 
 CPU: `minirlhf pretrain --text reviews.txt --out runs/lm` (a 4-layer, 256-wide GPT-2 learns Chinese
 review text in a few minutes). GPU: add `--device cuda` (bf16 autocast) and a bigger preset, e.g.
 `--n_layer=12 --n_embd=768 --n_head=12`. Several processes: `torchrun --nproc_per_node 2 -m minirlhf
 pretrain ...` (runtime.py: each rank samples `batch_size` texts from its own seed; gradients averaged).
 
+Supervised fine-tuning on demonstrations: `minirlhf sft --data demos.jsonl --init runs/lm --out runs/sft`
+({"prompt", "response"} lines; `--device cuda` on a GPU). It runs on offline.py's run with the encoding DPO
+and RRHF use (responses.py): prompt and response encoded apart and joined, a long example losing its
+prompt's start first, right-padded batches with an attention mask.
+
 Simplifications: one document per row, right-padded within a batch (causal attention means real tokens
 never see the pads after them, so no attention mask is needed; pads are dropped from the loss). Texts
-longer than block_size are cut at the end. No packing, no gradient accumulation.
+longer than block_size are cut at the end. No packing, no gradient accumulation. SFT's loss weighs every
+response token of a batch the same (a long response counts more than a short one, as in pretraining); under
+torchrun it is the mean over ranks of each rank's token mean, which equals the token mean of the whole batch
+only when the ranks hold as many response tokens each.
 """
 from __future__ import annotations
 
@@ -19,8 +29,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .data import train_val_split
+from .data import Demonstration, train_val_split
 from .model import GPT, GPTConfig
+from .offline import Objective, OfflineConfig, train_offline
+from .ops import masked_mean
+from .responses import ResponseBatch, collate_responses, encode_prompt_responses, token_logps
 from .optim import clip_grad, lr_at, make_adamw, set_lr
 from .config import validate
 from .errors import InputError
@@ -178,3 +191,44 @@ def pretrain(texts: list[str], out_dir, config: PretrainConfig, tokenizer: Token
     model.eval()
     run.finish(lambda: model.save_pretrained(run.out, tokenizer))
     return model, tokenizer
+
+
+# ---------------------------------------------------------------- supervised fine-tuning on demonstrations
+
+
+@dataclass
+class SFTConfig(OfflineConfig):
+    lr: float = 3e-4
+    """Peak learning rate (AdamW)."""
+    val_fraction: float = 0.05
+    """Share of demonstrations held out for val/loss."""
+
+
+def response_nll(model: GPT, batch: ResponseBatch) -> torch.Tensor:
+    """Mean −log p(y_t | x, y_<t) over the response tokens of a batch (EOS included): the prompt's own
+    predictions, and the padding's, are masked out of the mean, so they get no gradient."""
+    return masked_mean(-token_logps(model, batch), batch.response_mask)
+
+
+class SFT(Objective):
+    name = "sft"
+
+    def encode(self, examples, tokenizer, max_len):
+        for d in examples:
+            if not isinstance(d, Demonstration):
+                raise InputError(f"SFT trains on demonstrations {{prompt, response}}, got a {type(d).__name__}")
+        joined = encode_prompt_responses(tokenizer, [d.prompt for d in examples], [[d.response] for d in examples],
+                                         max_len)
+        return [j for (j,) in joined]
+
+    def loss(self, model, batch, pad_id):
+        loss = response_nll(model, collate_responses(batch, pad_id, next(model.parameters()).device))
+        return loss, {"sft/loss": loss.detach()}
+
+
+def train_sft(demonstrations: list[Demonstration], init_dir, out_dir, config: SFTConfig, resume: bool = False,
+              overwrite: bool = False, show_progress: bool = True) -> GPT:
+    """Fine-tune the GPT-2 in `init_dir` on {prompt, response} demonstrations, the loss on response tokens
+    only; write a self-contained model directory (as pretrain). Metrics: sft/loss, sft/grad_norm, sft/lr,
+    sft/epoch and, every eval_every steps, val/loss."""
+    return train_offline(SFT(), demonstrations, init_dir, out_dir, config, resume, overwrite, show_progress)

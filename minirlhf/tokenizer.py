@@ -8,9 +8,11 @@ Two kinds:
 
 Special tokens are distinct (PAD must not be EOS, or masking PAD hides EOS and the model never learns to
 stop): `<pad>`=0, `<bos>`=1, `<eos>`=2. `encode` adds none of them. A text to learn from is
-`[bos] + encode(text) + [eos]` (`encode_texts`) and a prompt to continue is `[bos] + encode(prompt)`
-(`encode_prompts`): every trainer encodes through these two. The three are registered as special tokens (as
-any tokenizer.json does), so a text that literally contains "<eos>" encodes it as EOS.
+`[bos] + encode(text) + [eos]` (`encode_texts`), a prompt to continue is `[bos] + encode(prompt)`
+(`encode_prompts`) and a response to it is `encode(response) + [eos]` (`encode_responses`, encoded on its
+own so that no token spans the prompt/response boundary): every trainer encodes through these three. The
+three special tokens are registered as such (as any tokenizer.json does), so a text that literally contains
+"<eos>" encodes it as EOS.
 """
 from __future__ import annotations
 
@@ -96,6 +98,15 @@ class Tokenizer:
         if too_long:
             warnings.warn(f"{too_long} prompt(s) longer than {max_len} tokens were cut to their last {max_len}")
         return [p[-max_len:] for p in encoded]
+
+    def encode_responses(self, responses: list[str]) -> list[list[int]]:
+        """Each response -> encode(response) + [eos]: what follows a prompt of `encode_prompts`.
+
+        Encoded apart from its prompt: encode(prompt + response) can merge the prompt's last characters
+        with the response's first into one token (byte-level BPE), and then no token boundary marks where
+        the response starts. `minirlhf.responses.encode_prompt_responses` joins and truncates the two.
+        """
+        return [ids + [self.eos_id] for ids in self.encode_batch(responses)]
 
     def encode_text(self, text: str, max_len: int | None = None) -> list[int]:
         """encode_texts for one text."""

@@ -37,3 +37,33 @@ def write_tiny_rl_dirs(tmp, texts, n_embd=16, block_size=24, prompts=None):
         (tmp / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}, ensure_ascii=False) + "\n"
                                                    for p in prompts), encoding="utf-8")
     return tmp
+
+
+def interrupt_run_at(monkeypatch, step: int):
+    """Make every run stop, like a killed process, just before it logs `step` (its checkpoints are kept);
+    returns a function that undoes it. The resume tests of the offline trainers use it."""
+    from minirlhf.run import Run
+
+    class Killed(Exception):
+        pass
+
+    log = Run.log
+
+    def die(self, row, **postfix):
+        if row.get(self.step_key) == step:
+            raise Killed(f"killed at {self.step_key} {step}")
+        log(self, row, **postfix)
+
+    monkeypatch.setattr(Run, "log", die)
+    return Killed, lambda: monkeypatch.setattr(Run, "log", log)
+
+
+def write_tiny_policy(directory, texts=("abcd q:?",), n_layer=2, n_embd=32, block_size=32):
+    """A random tiny GPT-2 and its char tokenizer (trained on `texts`) saved in `directory`: an --init for
+    the offline trainers. Returns the tokenizer."""
+    from minirlhf import Tokenizer
+    tok = Tokenizer.train(list(texts), 300, kind="char")
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=tok.vocab_size, n_layer=n_layer, n_head=2, n_embd=n_embd, block_size=block_size)
+    GPT(cfg).save_pretrained(directory, tok)
+    return tok

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from minirlhf.data import (Pair, Ranking, load_pairs, load_preferences, load_prompts, load_rankings,
-                           load_texts, train_val_split)
+from minirlhf.data import (Demonstration, Pair, Ranking, load_demonstrations, load_pairs, load_preferences,
+                           load_prompts, load_rankings, load_texts, train_val_split)
 from minirlhf.errors import InputError
 
 
@@ -113,6 +113,29 @@ def test_ranking_errors(tmp_path):
         path = write(tmp_path, f"r{k}.jsonl", jl(ok, bad))      # json.dumps writes NaN/Infinity
         raises_at(load_rankings, path, 2, words)
         raises_at(load_preferences, path, 2, words)
+
+
+def test_ranking_sources(tmp_path):
+    ok = {"query": "q", "responses": ["a", "b"], "scores": [0.1, 0.2]}
+    path = write(tmp_path, "s.jsonl", jl({**ok, "sources": ["provided", "sampled"]}, ok))
+    assert load_rankings(path) == [Ranking("q", ["a", "b"], [0.1, 0.2], ["provided", "sampled"]),
+                                   Ranking("q", ["a", "b"], [0.1, 0.2], None)]
+    cases = [({**ok, "sources": ["provided"]}, "2 responses but 1 sources"),
+             ({**ok, "sources": "sampled"}, "'sources' must be a list, got string"),
+             ({**ok, "sources": ["provided", "human"]}, "'sources'[1] must be one of 'provided', 'sampled'")]
+    for k, (bad, words) in enumerate(cases):
+        raises_at(load_rankings, write(tmp_path, f"s{k}.jsonl", jl(ok, bad)), 2, words)
+
+
+def test_demonstrations(tmp_path):
+    path = write(tmp_path, "d.jsonl", jl({"prompt": "这部电影很", "response": "好看"}, {"prompt": "", "response": "全文"}))
+    assert load_demonstrations(path) == [Demonstration("这部电影很", "好看"), Demonstration("", "全文")]
+    ok = {"prompt": "p", "response": "r"}
+    raises_at(load_demonstrations, write(tmp_path, "e1.jsonl", jl(ok, {"prompt": "p"})), 2, "missing field 'response'")
+    raises_at(load_demonstrations, write(tmp_path, "e2.jsonl", jl({"response": "r"})), 1, "missing field 'prompt'")
+    raises_at(load_demonstrations, write(tmp_path, "e3.jsonl", jl(ok, ok, {**ok, "response": " "})), 3,
+              "'response' is empty")
+    raises_at(load_demonstrations, write(tmp_path, "e4.jsonl", jl({**ok, "prompt": 1})), 1, "'prompt' must be a string")
 
 
 def test_preferences_detection_errors(tmp_path):
