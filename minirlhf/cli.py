@@ -68,11 +68,13 @@ def cmd_pretrain(args, overrides):
 
 
 def cmd_sample(args, overrides):
+    from pathlib import Path
+
     import torch
 
     from .model import GPT
     from .runtime import resolve_device
-    from .sampling import generate
+    from .sampling import fit_to_context, generate
     from .tokenizer import Tokenizer
     if overrides:
         raise InputError(f"sample takes no --key=value overrides, got {overrides[0]!r}")
@@ -85,12 +87,13 @@ def cmd_sample(args, overrides):
     if tokenizer.vocab_size != model.config.vocab_size:
         raise InputError(f"{args.model}: tokenizer has {tokenizer.vocab_size} tokens but the model "
                          f"{model.config.vocab_size}")
-    room = model.config.block_size - args.max_new_tokens
-    if room < 1:
-        raise InputError(f"--max-new-tokens {args.max_new_tokens} leaves no room for a prompt "
-                         f"(block_size={model.config.block_size})")
-    prompt = tokenizer.encode_prompt(args.prompt, room)  # too long: keeps its end, one warning
-    out = generate(model, [prompt] * args.n, args.max_new_tokens, temperature=args.temperature,
+    if (Path(args.model) / "reward_head.safetensors").is_file():
+        warnings.warn(f"{args.model} is a reward model: sampling its trunk, which was trained to score text, "
+                      f"not to write it")
+    # the response gets what the prompt leaves of the context; a prompt that fills it keeps its end (one warning)
+    prompt, max_new_tokens = fit_to_context(tokenizer.encode_prompt(args.prompt), args.max_new_tokens,
+                                            model.config.block_size)
+    out = generate(model, [prompt] * args.n, max_new_tokens, temperature=args.temperature,
                    top_k=args.top_k, top_p=args.top_p, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
                    generator=torch.Generator().manual_seed(args.seed))
     for text in tokenizer.decode_batch(out.responses.tolist()):
@@ -196,16 +199,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="an existing tokenizer.json to use instead of training one")
     p.set_defaults(fn=cmd_pretrain)
 
-    p = sub.add_parser("sample", help="print continuations of a prompt from a model directory")
+    p = sub.add_parser("sample", help="print continuations of a prompt from a model directory",
+                       description="print continuations of a prompt from a model directory",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="model directory (config.json, model.safetensors, tokenizer.json)")
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", required=True, help="the text to continue (the printed samples start with it)")
     p.add_argument("--n", type=int, default=4, help="number of samples")
-    p.add_argument("--max-new-tokens", type=int, default=48, dest="max_new_tokens")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0, dest="top_k")
-    p.add_argument("--top-p", type=float, default=1.0, dest="top_p")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-new-tokens", type=int, default=48, dest="max_new_tokens",
+                   help="length limit of each sample; cut, with a warning, to what the prompt leaves of the context")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (> 0)")
+    p.add_argument("--top-k", type=int, default=0, dest="top_k", help="keep the k most likely tokens (0: all)")
+    p.add_argument("--top-p", type=float, default=1.0, dest="top_p", help="nucleus: the smallest set with this mass")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws (same seed, same samples)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.set_defaults(fn=cmd_sample)
 
     from .ppo import PPOConfig
@@ -232,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="a .jsonl file of pairs {prompt, chosen, rejected} "
                                                   "or rankings {query, responses, scores}")
     p.add_argument("--init", required=True, help="the pretrained LM directory the trunk (and tokenizer) come from")
-    p.add_argument("--loss", choices=LOSSES, help="reward loss (default auto: pairwise for pairs, ranking for rankings)")
+    p.add_argument("--loss", choices=LOSSES, help="reward loss (default auto: pairwise for pairs, ranking for "
+                                                  "rankings; sigmoid_rank, for teaching, saturates)")
     p.set_defaults(fn=cmd_reward)
 
     # -- the offline trainers: DPO, RRHF, SFT on demonstrations (the policy learns from fixed responses) --
@@ -270,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="a directory written by minirlhf demo")
     p.set_defaults(fn=cmd_evaluate)
 
-    p = sub.add_parser("plot", help="plot a run's metrics.jsonl into its plots/ folder")
+    p = sub.add_parser("plot", help="plot a run's metrics.jsonl into its plots/ folder (the figures and file "
+                                    "names the run itself draws: minirlhf.plots.FIGURES)")
     p.add_argument("--run", required=True, help="run or stage directory holding metrics.jsonl")
     p.set_defaults(fn=cmd_plot)
     return parser

@@ -39,21 +39,50 @@ def plot_metrics(rows: list[dict], keys: list[str], path, x_key: str = "step", t
     return Path(path)
 
 
+# Every plots/ folder is drawn from this one table, by plot_run: a trainer's (Run.finish), `minirlhf plot --run
+# DIR`'s and the demo's, so a figure has the same name wherever it is found. A figure is drawn when the run
+# logged its first metric; every other numeric metric of the run goes into OTHER.
+FIGURES = {
+    "lm_loss.png": ("language model: next-token loss", ["train/loss", "val/loss", "train/lr", "train/grad_norm"]),
+    "reward_model.png": ("reward model: loss and accuracy", ["reward/loss", "val/loss", "reward/accuracy",
+                                                            "val/accuracy", "reward/margin_mean", "reward/score_std"]),
+    "rlhf.png": ("PPO: reward, KL, judge", ["env/reward_mean", "objective/kl", "eval/judge_positive_rate",
+                                            "objective/entropy", "eval/distinct_2", "objective/kl_coef",
+                                            "tokens/response_len"]),
+    "ppo_losses.png": ("PPO: losses and diagnostics", ["ppo/policy_loss", "ppo/value_loss", "ppo/approx_kl",
+                                                       "ppo/clipfrac", "ppo/vf_clipfrac", "ppo/explained_variance"]),
+}
+OTHER = "other.png"
+ONLY_IF_IT_MOVES = {"objective/kl_coef"}  # β is a flat line unless adaptive_kl: its panel would be wasted
+
+
+def figures_for(rows: list[dict], x_key: str) -> dict[str, tuple[str, list[str]]]:
+    """{file name: (title, keys)} of the figures a run's metrics rows get (the FIGURES rule above)."""
+    logged = {k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    moves = lambda k: len({r[k] for r in rows if k in r}) > 1  # noqa: E731
+    out, used = {}, {x_key}
+    for name, (title, keys) in FIGURES.items():
+        if keys[0] in logged:
+            keys = [k for k in keys if k in logged and (k not in ONLY_IF_IT_MOVES or moves(k))]
+            out[name] = (title, keys)
+            used |= set(keys)
+    rest = sorted(k for k in logged - used if k not in ONLY_IF_IT_MOVES or moves(k))
+    if rest:
+        out[OTHER] = ("other metrics", rest)
+    return out
+
+
 def plot_run(run_dir, rows: list[dict] | None = None) -> list[Path]:
-    """Plot every numeric metric of a run directory's metrics.jsonl into run_dir/plots/."""
+    """Draw a run directory's metrics.jsonl (or `rows`) into run_dir/plots/, named by FIGURES."""
     from .tracking import read_metrics
     run_dir = Path(run_dir)
     rows = rows if rows is not None else read_metrics(run_dir / "metrics.jsonl")
     if not rows:
         return []
     x_key = "iteration" if "iteration" in rows[0] else "step"
-    keys = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and k != x_key})
-    groups: dict[str, list[str]] = {}
-    for k in keys:
-        groups.setdefault(k.split("/")[0] if "/" in k else "misc", []).append(k)
     out = []
-    for group, ks in groups.items():
-        p = plot_metrics(rows, ks, run_dir / "plots" / f"{group}.png", x_key, title=f"{run_dir.name}: {group}")
+    for name, (title, keys) in figures_for(rows, x_key).items():
+        p = plot_metrics(rows, keys, run_dir / "plots" / name, x_key, title=title)
         if p:
             out.append(p)
     return out

@@ -55,7 +55,7 @@ from .checkpoint import save_json
 from .config import validate
 from .data import Pair, Ranking, train_val_split
 from .errors import InputError
-from .losses import best_of_k_loss, pairwise_loss, plackett_luce_loss, ranking_loss
+from .losses import best_of_k_loss, pairwise_loss, plackett_luce_loss, ranking_loss, sigmoid_rank_loss
 from .model import RewardModel
 from .optim import clip_grad, lr_at, make_adamw, set_lr
 from .ranks import scores_to_ranks
@@ -66,15 +66,19 @@ from .run import Run
 from .tokenizer import Tokenizer
 from .tracking import check_finite
 
-LOSSES = ("auto", "pairwise", "ranking", "plackett_luce", "best_of_k")
+LOSSES = ("auto", "pairwise", "ranking", "plackett_luce", "best_of_k", "sigmoid_rank")
+SIGMOID_RANK_WARNING = ("--loss sigmoid_rank is the original Chinese rank-list example's plain-sigmoid loss, there "
+                        "for teaching: it saturates (a confidently wrong pair gets no gradient); log σ (ranking, "
+                        "pairwise) is the right loss")
 
 
 @dataclass
 class RewardConfig:
     loss: str = "auto"
     """pairwise (Stiennon 2020), ranking (InstructGPT: all K-choose-2 pairs), plackett_luce (NLL of the
-    whole ranking), best_of_k (Ziegler 2019: softmax over K, best = rank 0); auto = pairwise for pairs,
-    ranking for rankings."""
+    whole ranking), best_of_k (Ziegler 2019: softmax over K, best = rank 0), sigmoid_rank (-σ over the same
+    pairs as ranking: the original Chinese rank-list example's, for teaching; it saturates, with a warning);
+    auto = pairwise for pairs, ranking for rankings."""
     margin: float = 0.0
     """Pairwise loss only: -log σ(r_w - r_l - margin) asks for a gap of at least `margin` (Llama 2)."""
     steps: int = 300
@@ -191,6 +195,8 @@ def reward_loss(name: str, rewards: torch.Tensor, ranks: torch.Tensor, margin: f
         return plackett_luce_loss(rewards, ranks)
     if name == "best_of_k":
         return best_of_k_loss(rewards, ranks.argmin(1))         # argmin: the first of tied bests
+    if name == "sigmoid_rank":
+        return sigmoid_rank_loss(rewards, ranks)
     raise ValueError(f"unknown loss {name!r}")
 
 
@@ -266,6 +272,8 @@ def train_reward_model(examples: list, init_dir, out_dir, config: RewardConfig, 
         warnings.warn(f"{cut + val_cut} of {n_seqs} sequences are longer than max_len={max_len} tokens "
                       f"and were cut (keeping their start, so they end without EOS)")
     loss_name = resolve_loss(config.loss, train_ex + val_ex)
+    if loss_name == "sigmoid_rank":
+        warnings.warn(SIGMOID_RANK_WARNING)
 
     model.to(device)
     optimizer = make_adamw(model, config.lr, config.weight_decay)

@@ -16,6 +16,7 @@ Choices, said out loud:
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -140,6 +141,29 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
     model.train(was_training)
     return GenerationOutput(sequences=torch.cat([ids, tokens[:, :n]], 1), attention_mask=mask[:, :P + n],
                             response_mask=mask[:, P:P + n].clone(), logprobs=logprobs[:, :n], prompt_len=P)
+
+
+def fit_to_context(prompt: list[int], max_new_tokens: int, block_size: int) -> tuple[list[int], int]:
+    """(prompt, max_new_tokens) cut to fit the model's context together, for sampling one prompt.
+
+    The response gets the positions the prompt leaves, up to max_new_tokens. A prompt that leaves fewer than
+    min(max_new_tokens, block_size // 2) keeps its end (what the response continues) and leaves that many.
+    One warning says what was cut, if anything.
+    """
+    if max_new_tokens < 1 or not prompt:
+        raise ValueError(f"need a prompt of at least one token and max_new_tokens >= 1, got {len(prompt)} and "
+                         f"{max_new_tokens}")
+    n_new = min(max_new_tokens, block_size - len(prompt))
+    if n_new >= min(max_new_tokens, block_size // 2):
+        if n_new < max_new_tokens:
+            warnings.warn(f"--max-new-tokens {max_new_tokens} cut to {n_new}: the prompt takes {len(prompt)} of "
+                          f"the model's {block_size} positions (block_size)")
+        return prompt, n_new
+    n_new = min(max_new_tokens, block_size // 2)
+    keep = block_size - n_new
+    warnings.warn(f"the prompt ({len(prompt)} tokens) was cut to its last {keep} to leave {n_new} new tokens "
+                  f"in the model's {block_size} positions (block_size)")
+    return prompt[-keep:], n_new
 
 
 @torch.no_grad()

@@ -6,6 +6,19 @@ Two kinds:
     so every string round-trips exactly. Technically a BPE model with no merges and byte fallback.
   * "bpe": byte-level BPE, exactly GPT-2's scheme, trained with the library's BpeTrainer.
 
+Byte fallback and `�` (U+FFFD). Reading bytes is safe, writing them is not: three byte tokens make a character
+only in the right order, and a lone `<0xE9>`, or one followed by a character token, is not UTF-8; `decode`
+(the library's ByteFallback decoder) turns every byte of such a run into `�`, a valid character inside the run
+included. A small model writes such runs when its training text spells characters in bytes. The demo's
+2,400-token vocabulary holds 2,141 of the 3,622 characters of its reviews; the other 1,481 (each seen at most
+5 times: 0.6% of all characters, in 12% of the reviews) were three byte tokens each, and its 0.9M-parameter
+model learnt that bytes occur but not how to spell with them: 19 of 256 of its samples showed `�` (17 of the
+20 broken runs mid-response, 3 a character cut by the response's length limit). The cure is in the data, not
+the decoder: train with `stand_in` (one vocabulary slot for a character such as `□`) and feed the model
+`replace_unknown(texts)`, where every character the vocabulary lacks is that stand-in. No byte token is then
+ever a training target, so the model learns not to write them; the tokenizer stays a standard tokenizer.json
+and `decode(encode(s)) == s` still holds for every string.
+
 Special tokens are distinct (PAD must not be EOS, or masking PAD hides EOS and the model never learns to
 stop): `<pad>`=0, `<bos>`=1, `<eos>`=2. `encode` adds none of them. A text to learn from is
 `[bos] + encode(text) + [eos]` (`encode_texts`), a prompt to continue is `[bos] + encode(prompt)`
@@ -29,6 +42,7 @@ from .errors import InputError
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 SPECIALS = [PAD, BOS, EOS]
 BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
+STAND_IN = "□"  # the mark Chinese typesetting uses for a character that cannot be shown (缺字符号)
 
 
 class Tokenizer:
@@ -40,11 +54,16 @@ class Tokenizer:
         self.pad_id, self.bos_id, self.eos_id = ids
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int, kind: str = "char") -> "Tokenizer":
+    def train(cls, texts: Iterable[str], vocab_size: int, kind: str = "char",
+              stand_in: str | None = None) -> "Tokenizer":
+        """A `kind` tokenizer of `vocab_size` tokens for `texts`. `stand_in` (char kind only) is a character
+        given one slot of the vocabulary whatever its count, for `replace_unknown` to map rare characters to."""
         texts = list(texts)
         if kind == "char":
-            tok = _train_char(texts, vocab_size)
+            tok = _train_char(texts, vocab_size, stand_in)
         elif kind == "bpe":
+            if stand_in is not None:
+                raise ValueError("stand_in is for the char kind: byte-level BPE has no unknown characters to map")
             tok = _train_bpe(texts, vocab_size)
         else:
             raise ValueError(f"kind must be 'char' or 'bpe', got {kind!r}")
@@ -116,6 +135,17 @@ class Tokenizer:
         """encode_prompts for one prompt."""
         return self.encode_prompts([prompt], max_len)[0]
 
+    def replace_unknown(self, texts: list[str], stand_in: str = STAND_IN) -> list[str]:
+        """Each text with every character that is not a token of this char tokenizer (one it would spell in
+        byte-fallback tokens) replaced by `stand_in`, which must be one: `replace_unknown(["秉承"])` ->
+        ["□承"] when 秉 is too rare to have a token. Train and evaluate on these texts and the model never
+        learns to write byte tokens (the module docstring says why that matters)."""
+        vocab = self.tok.get_vocab(with_added_tokens=False)
+        if len(stand_in) != 1 or stand_in not in vocab:
+            raise ValueError(f"stand_in {stand_in!r} is not a single-character token of this tokenizer "
+                             f"(train it with Tokenizer.train(..., kind='char', stand_in={stand_in!r}))")
+        return ["".join(ch if ch in vocab else stand_in for ch in text) for text in texts]
+
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
@@ -124,14 +154,17 @@ class Tokenizer:
                                      skip_special_tokens=skip_special_tokens)
 
 
-def _train_char(texts: list[str], vocab_size: int) -> HFTokenizer:
+def _train_char(texts: list[str], vocab_size: int, stand_in: str | None = None) -> HFTokenizer:
     n_chars = vocab_size - len(SPECIALS) - len(BYTE_TOKENS)
     if n_chars < 1:
         raise ValueError(f"vocab_size={vocab_size} leaves no room for characters "
                          f"(3 special + 256 byte-fallback tokens come first)")
-    counts = Counter(ch for text in texts for ch in text)
-    chars = [ch for ch, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n_chars]]
-    vocab = {t: i for i, t in enumerate(SPECIALS + BYTE_TOKENS + chars)}
+    if stand_in is not None and len(stand_in) != 1:
+        raise ValueError(f"stand_in must be one character, got {stand_in!r}")
+    reserved = [] if stand_in is None else [stand_in]
+    counts = Counter(ch for text in texts for ch in text if ch not in reserved)
+    chars = [ch for ch, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n_chars - len(reserved)]]
+    vocab = {t: i for i, t in enumerate(SPECIALS + BYTE_TOKENS + chars + reserved)}
     tok = HFTokenizer(models.BPE(vocab=vocab, merges=[], byte_fallback=True, fuse_unk=False))
     tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
     tok.add_special_tokens(SPECIALS)

@@ -222,5 +222,7 @@ def test_sample_cuts_a_too_long_prompt_with_one_warning_line(tmp_path):
                         "--prompt", "".join(TEXTS), "--n", "2", "--max-new-tokens", "8"],
                        capture_output=True, text=True, env=ENV)
     assert r.returncode == 0, r.stderr
-    assert r.stderr.strip().splitlines() == ["warning: 1 prompt(s) longer than 24 tokens were cut to their last 24"]
+    n = len(tok.encode_prompt("".join(TEXTS)))
+    assert r.stderr.strip().splitlines() == [f"warning: the prompt ({n} tokens) was cut to its last 24 to leave 8 new "
+                                             f"tokens in the model's 32 positions (block_size)"]
     assert len(r.stdout.strip().splitlines()) == 2

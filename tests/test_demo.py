@@ -1,9 +1,16 @@
 """`minirlhf demo --quick`: the whole flagship pipeline at toy size, its report, its cache, its seed."""
 import json
+import shutil
 import subprocess
 import sys
+from dataclasses import fields, replace
 
 import pytest
+
+from minirlhf import Tokenizer
+from minirlhf.recipes import reviews
+from minirlhf.recipes.sentiment_zh import known_characters, quick_config, train_tokenizer
+from minirlhf.tokenizer import BYTE_TOKENS
 
 TINY = ["--pretrain.steps=10", "--reward.steps=5", "--ppo.iterations=2", "--eval_samples=2",
         "--heldout_prompts=2", "--heldout_samples=1", "--judge_every=0"]
@@ -37,23 +44,67 @@ def test_quick_demo_writes_the_run_directory(quick_run):
     assert (out / "reward" / "reward_head.safetensors").exists() and (out / "policy" / "value_head.safetensors").exists()
     assert (out / "tokenizer.json").exists()
     assert "刚收到货，感觉" in (out / "samples.md").read_text(encoding="utf-8")
-    assert {p.name for p in (out / "plots").glob("*.png")} >= {"rlhf.png", "ppo_losses.png", "sft.png", "reward.png"}
+    assert {p.name for p in (out / "plots").glob("*.png")} >= {"rlhf.png", "ppo_losses.png"}
+    assert (out / "sft" / "plots" / "lm_loss.png").exists() and (out / "reward" / "plots" / "reward_model.png").exists()
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows if "env/reward_mean" in r] == [1, 2, 3, 4]
     assert "stage" in r.stdout and "total" in r.stdout  # the timing table
+    assert r.stdout.splitlines()[:3] == ["training sft/", "training reward/", "training policy/"]
+    assert "--quick is a toy-size smoke test: its numbers mean nothing; run `minirlhf demo`" in r.stdout
+    assert Tokenizer.from_file(out / "sft" / "tokenizer.json").tok.token_to_id("□") is not None  # the stand-in
+
+
+def test_plot_command_draws_the_files_the_run_drew(quick_run, tmp_path):
+    """One naming: `minirlhf plot --run DIR` redraws a demo directory's and each stage's plots/ under the names
+    the demo and the trainers gave them."""
+    out, _ = quick_run
+    expected = {out: "rlhf.png", out / "sft": "lm_loss.png", out / "reward": "reward_model.png",
+                out / "policy": "rlhf.png"}
+    for run, figure in expected.items():
+        copy = tmp_path / (run.name if run != out else "demo")
+        copy.mkdir()
+        shutil.copy(run / "metrics.jsonl", copy / "metrics.jsonl")
+        r = subprocess.run([sys.executable, "-m", "minirlhf", "plot", "--run", str(copy)], capture_output=True,
+                           text=True)
+        assert r.returncode == 0, r.stderr
+        drew = sorted(p.name for p in (run / "plots").glob("*.png"))
+        assert figure in drew and sorted(p.name for p in (copy / "plots").glob("*.png")) == drew
 
 
 def test_rerun_skips_finished_stages_and_a_changed_stage_reruns_from_there(quick_run):
     out, _ = quick_run
     marks = {s: (out / s / "stage.json").stat().st_mtime_ns for s in ("sft", "reward", "policy")}
     weights = {s: (out / s / "model.safetensors").read_bytes() for s in ("sft", "reward", "policy")}
-    demo(out)
+    r = demo(out)
     assert {s: (out / s / "stage.json").stat().st_mtime_ns for s in marks} == marks
-    demo(out, "--ppo.kl_coef=0.2")  # a PPO field: pretraining and the reward model are reused
+    assert r.stdout.splitlines()[:3] == [f"reusing {s}/ (settings unchanged)" for s in ("sft", "reward", "policy")]
+    r = demo(out, "--ppo.kl_coef=0.2")  # a PPO field: pretraining and the reward model are reused
     assert (out / "sft" / "stage.json").stat().st_mtime_ns == marks["sft"]
     assert (out / "reward" / "model.safetensors").read_bytes() == weights["reward"]
     assert (out / "policy" / "stage.json").stat().st_mtime_ns != marks["policy"]
     assert json.loads((out / "report.json").read_text())["config"]["ppo"]["kl_coef"] == 0.2
+    assert r.stdout.splitlines()[:3] == ["reusing sft/ (settings unchanged)", "reusing reward/ (settings unchanged)",
+                                         "re-training policy/ (settings changed: ppo.kl_coef=0.3 -> 0.2)"]
+    r = demo(out, "--ppo.kl_coef=0.2", "--reward.lr=0.001")  # a reward field: the policy re-runs after it
+    assert r.stdout.splitlines()[:3] == ["reusing sft/ (settings unchanged)",
+                                         "re-training reward/ (settings changed: reward.lr=0.0005 -> 0.001)",
+                                         "re-training policy/ (reward/ re-ran, so its input changed)"]
+
+
+def test_demo_texts_spell_every_character_as_one_token():
+    """The demo's cure for `�` in samples: in every split, a character the char tokenizer lacks becomes the
+    stand-in, so no text that the models learn from or are tested on holds a byte-fallback token."""
+    config = quick_config()
+    data = reviews.load_reviews(config.seed)
+    tok = train_tokenizer([t[:config.max_chars] for t in data.train_pos + data.train_neg], config)
+    byte_ids = {tok.tok.token_to_id(t) for t in BYTE_TOKENS}
+    has_bytes = lambda texts: any(set(ids) & byte_ids for ids in tok.encode_batch(texts))  # noqa: E731
+    mapped = known_characters(data, tok, config)
+    for f in fields(data):
+        raw, new = getattr(data, f.name), getattr(mapped, f.name)
+        assert has_bytes(raw) and not has_bytes(new), f.name   # the raw corpus needs bytes at this vocabulary
+        assert [len(t) for t in new] == [len(t) for t in raw]  # one character for one
+    assert known_characters(data, tok, replace(config, stand_in="")) is data   # --stand_in= turns it off
 
 
 def test_same_seed_same_report(tmp_path):

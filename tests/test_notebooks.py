@@ -23,7 +23,6 @@ from minirlhf import exercises
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 CELL_TIMEOUT_S = 300
-KEEPS_ITS_TEMP_DIR = {"tour.ipynb"}  # writes into tempfile.mkdtemp() and leaves it for the reader to look at
 TOOL_CACHES = ("torchinductor_",)    # what torch itself keeps in TMPDIR, whatever the notebook does
 
 
@@ -126,7 +125,6 @@ def test_notebook_runs(path, kernel_env):
     nb = execute(path, workdir)
     assert not any(workdir.iterdir()), f"{path.name} wrote into the working directory: {sorted(workdir.iterdir())}"
     left = sorted(p.name for p in tmpdir.iterdir() if not p.name.startswith(TOOL_CACHES))
-    if path.name not in KEEPS_ITS_TEMP_DIR:
-        assert not left, f"{path.name} left files in its temporary directory: {left}"
+    assert not left, f"{path.name} left files in its temporary directory: {left}"
     if path.name in CHECKS:                            # a notebook without an entry gets the checks above only
         CHECKS[path.name](nb)

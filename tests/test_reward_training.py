@@ -4,6 +4,7 @@ The synthetic task: strings over "abcd"; the true reward is the number of 'a's. 
 GPT-2 trunk (random init) must learn to count from comparisons alone.
 """
 import json
+import math
 import os
 import random
 import subprocess
@@ -246,3 +247,11 @@ def test_cli_vocab_mismatch_and_unknown_key(init_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown config key 'epochs'" in err and "steps" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_sigmoid_rank_is_the_plain_sigmoid_over_every_untied_pair():
+    """reward_loss('sigmoid_rank') on the losses.py worked example, by hand: -(σ(2) + σ(1) + σ(1)) / 3."""
+    from minirlhf.reward import reward_loss
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    got = reward_loss("sigmoid_rank", torch.tensor([[3.0, 1.0, 2.0]]), torch.tensor([[0, 2, 1]])).item()
+    assert got == pytest.approx(-(sig(2) + 2 * sig(1)) / 3, abs=1e-6)

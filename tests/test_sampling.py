@@ -1,9 +1,11 @@
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from minirlhf import generate
-from minirlhf.sampling import filter_logits, left_pad, sample_next
+from minirlhf.sampling import filter_logits, fit_to_context, left_pad, sample_next
 
 
 def uncached_generate(model, prompts, max_new_tokens, temperature, top_k, top_p, eos_id, generator, pad_id=0):
@@ -155,3 +157,23 @@ def test_forward_passes_run_in_bf16_on_cuda_fp32_on_cpu(tiny_gpt, device):
     hook.remove()
     assert set(seen) == {torch.bfloat16 if device == "cuda" else torch.float32}
     assert out.logprobs.dtype == torch.float32
+
+
+# ---------------------------------------------------------------- one prompt and a length, fitted to the context
+
+@pytest.mark.parametrize("P,asked,block,kept,new", [
+    (8, 48, 40, 8, 32),     # `minirlhf sample` defaults on a demo --quick model: the response gets what is left
+    (8, 16, 40, 8, 16),     # fits: nothing cut
+    (30, 48, 40, 20, 20),   # the prompt would leave less than half: it keeps its last half
+    (35, 8, 40, 32, 8),     # a short response still fits after the prompt's last 32 tokens
+    (45, 48, 40, 20, 20),   # the prompt alone fills the context
+    (1, 5, 2, 1, 1),        # the smallest context
+])
+def test_fit_to_context(P, asked, block, kept, new):
+    prompt = list(range(100, 100 + P))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out, n = fit_to_context(prompt, asked, block)
+    assert (len(out), n) == (kept, new) and out == prompt[len(prompt) - kept:]      # the prompt keeps its end
+    assert len(out) + n <= block and n >= 1
+    assert len(caught) == (0 if (kept, new) == (P, asked) else 1)                   # one warning iff anything is cut

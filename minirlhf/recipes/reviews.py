@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Callable
 
 from ..errors import InputError
 
@@ -46,6 +47,10 @@ class Reviews:
     val_neg: list[str]
     test_pos: list[str]
     test_neg: list[str]
+
+    def map(self, fn: Callable[[list[str]], list[str]]) -> "Reviews":
+        """The same splits with `fn` applied to each list of texts."""
+        return Reviews(*(fn(getattr(self, f.name)) for f in fields(self)))
 
 
 def load_reviews(seed: int = 0, min_chars: int = 6, val_fraction: float = 0.05,

@@ -29,13 +29,13 @@ from ..data import Pair
 from ..errors import InputError
 from ..evaluation import sample_and_score, score_texts, summary
 from ..model import GPT, RewardModel
-from ..plots import plot_metrics
+from ..plots import plot_run
 from ..ppo import PPOConfig, train_ppo
 from ..reward import RewardConfig, train_reward_model
 from ..runtime import resolve_device
 from ..sampling import sample_batches
 from ..sft import PretrainConfig, pretrain
-from ..tokenizer import Tokenizer
+from ..tokenizer import STAND_IN, Tokenizer
 from . import reviews
 
 
@@ -60,6 +60,10 @@ class DemoConfig:
     """cpu or cuda, for every stage."""
     max_chars: int = 40
     """Reviews are cut to their first max_chars characters for pretraining and reward training."""
+    stand_in: str = STAND_IN
+    """Char tokenizer: every character outside its vocabulary becomes this one, in every text, train and test
+    ('' keeps them, spelled in byte tokens, which the small model learns to write but not to spell: its samples
+    then show U+FFFD, the tokenizer's docstring says why)."""
     pretrain: PretrainConfig = field(default_factory=_pretrain)
     """Stage 1, the reference policy: a character-level GPT-2 pretrained on the reviews (--pretrain.<key>)."""
     reward: RewardConfig = field(default_factory=_reward)
@@ -77,6 +81,8 @@ class DemoConfig:
     """Prompts cut from test-split review openings: never seen in PPO."""
     heldout_samples: int = 8
     """Samples per held-out prompt."""
+    quick: bool = False
+    """Set by --quick (toy sizes): the report then says its numbers mean nothing."""
 
     shared_fields = ("seed", "device")  # set here once for every stage, never as --ppo.seed
 
@@ -84,6 +90,8 @@ class DemoConfig:
         validate(self, positive=("max_chars", "eval_samples", "heldout_prompts", "heldout_samples"),
                  non_negative=("widen_pool", "judge_every"))
         longest = max(len(p) for p in reviews.POOL) + 1  # + [bos]
+        if len(self.stand_in) > 1:
+            raise InputError(f"--stand_in must be one character (or empty), got {self.stand_in!r}")
         if self.pretrain.block_size < max(self.max_chars + 2, longest + self.ppo.max_new_tokens):
             raise InputError(f"--pretrain.block_size={self.pretrain.block_size} is too small: texts need "
                              f"max_chars + 2 = {self.max_chars + 2} tokens and PPO needs a prompt "
@@ -97,22 +105,27 @@ class DemoConfig:
 def quick_config() -> DemoConfig:
     """`--quick`: toy sizes, the same pipeline (what the tests run)."""
     d = DemoConfig()
-    return replace(d, max_chars=24, eval_samples=4, heldout_prompts=4, heldout_samples=2, judge_every=2,
+    return replace(d, quick=True, max_chars=24, eval_samples=4, heldout_prompts=4, heldout_samples=2, judge_every=2,
                    pretrain=replace(d.pretrain, vocab_size=800, n_layer=1, n_head=2, n_embd=32, block_size=40,
                                     steps=40, eval_every=10, warmup_steps=8),
                    reward=replace(d.reward, steps=20, batch_size=16, eval_every=6),
                    ppo=replace(d.ppo, iterations=4, batch_size=16, max_new_tokens=8))
 
 
+def stage_settings(config: DemoConfig) -> dict[str, dict]:
+    """The settings each stage is trained with, in pipeline order."""
+    return {"sft": {"max_chars": config.max_chars, "stand_in": config.stand_in,
+                    "pretrain": asdict(config.stage("pretrain"))},
+            "reward": {"reward": asdict(config.stage("reward"))},
+            "policy": {"ppo": asdict(config.stage("ppo")), "widen_pool": config.widen_pool,
+                       "judge_every": config.judge_every}}
+
+
 def stage_hashes(config: DemoConfig) -> dict[str, str]:
     """Each stage's hash covers its whole config (every field, defaults included) and every earlier stage's
     hash: a change anywhere re-runs that stage and the ones after it."""
-    parts = {"sft": {"max_chars": config.max_chars, "pretrain": asdict(config.stage("pretrain"))},
-             "reward": {"reward": asdict(config.stage("reward"))},
-             "policy": {"ppo": asdict(config.stage("ppo")), "widen_pool": config.widen_pool,
-                        "judge_every": config.judge_every}}
     out, upstream = {}, ""
-    for stage, part in parts.items():
+    for stage, part in stage_settings(config).items():
         upstream = hashlib.sha256((upstream + json.dumps(part, sort_keys=True)).encode()).hexdigest()[:16]
         out[stage] = upstream
     return out
@@ -123,8 +136,27 @@ def is_done(stage_dir: Path, digest: str) -> bool:
     return marker.is_file() and load_json(marker).get("hash") == digest
 
 
-def mark_done(stage_dir: Path, digest: str, seconds: float):
-    save_json(stage_dir / "stage.json", {"hash": digest, "seconds": seconds})
+def mark_done(stage_dir: Path, digest: str, seconds: float, settings: dict):
+    save_json(stage_dir / "stage.json", {"hash": digest, "seconds": seconds, "settings": settings})
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """{"ppo": {"kl_coef": 0.3}} -> {"ppo.kl_coef": 0.3}"""
+    return {k2: v2 for k, v in d.items()
+            for k2, v2 in (_flat(v, f"{prefix}{k}.").items() if isinstance(v, dict) else [(f"{prefix}{k}", v)])}
+
+
+def stage_note(stage_dir: Path, settings: dict, earlier_rerun: str | None) -> str:
+    """Why a stage that is not done runs: first time, its settings changed (which), or an earlier stage re-ran."""
+    name, marker = f"{stage_dir.name}/", stage_dir / "stage.json"
+    if not marker.is_file():
+        return f"training {name}" + (" (replacing an unfinished one)" if stage_dir.exists() else "")
+    old, new = _flat(load_json(marker).get("settings", {})), _flat(settings)
+    changed = [f"{k}={old.get(k)!r} -> {new[k]!r}" for k in sorted(new) if old and old.get(k) != new[k]]
+    if changed:
+        return f"re-training {name} (settings changed: {', '.join(changed)})"
+    return f"re-training {name} (" + (f"{earlier_rerun}/ re-ran, so its input changed)" if earlier_rerun
+                                      else "settings changed)")
 
 
 def check_out_dir(out: Path):
@@ -148,11 +180,21 @@ def run_demo(out_dir="runs/demo", config: DemoConfig = DemoConfig(), show_progre
     out = Path(out_dir)
     check_out_dir(out)
     device = resolve_device(config.device)
-    hashes = stage_hashes(config)
+    hashes, settings, reran = stage_hashes(config), stage_settings(config), []
     out.mkdir(parents=True, exist_ok=True)
     save_json(out / "demo.json", asdict(config))
     seconds: dict[str, float] = {}
     t_start = time.time()
+
+    def must_run(stage_dir: Path) -> bool:
+        """Say whether a stage is reused (its settings and every earlier stage's unchanged) or why it runs."""
+        stage = stage_dir.name
+        if is_done(stage_dir, hashes[stage]):
+            print(f"reusing {stage}/ (settings unchanged)", flush=True)
+            return False
+        print(stage_note(stage_dir, settings[stage], reran[-1] if reran else None), flush=True)
+        reran.append(stage)
+        return True
 
     t0 = time.time()
     data = reviews.load_reviews(config.seed)
@@ -161,19 +203,22 @@ def run_demo(out_dir="runs/demo", config: DemoConfig = DemoConfig(), show_progre
 
     # ---------------------------------------------------------------- 1. pretraining: the reference
     sft_dir = out / "sft"
-    if not is_done(sft_dir, hashes["sft"]):
-        t0 = time.time()
-        pretrain(cut(data.train_pos + data.train_neg), sft_dir, config.stage("pretrain"), overwrite=True,
+    t0 = time.time()
+    run_sft = must_run(sft_dir)
+    tokenizer = (train_tokenizer(cut(data.train_pos + data.train_neg), config) if run_sft
+                 else Tokenizer.from_file(sft_dir / "tokenizer.json"))
+    data = known_characters(data, tokenizer, config)  # every split, so also what the models are tested on
+    if run_sft:
+        pretrain(cut(data.train_pos + data.train_neg), sft_dir, config.stage("pretrain"), tokenizer, overwrite=True,
                  show_progress=show_progress)
-        mark_done(sft_dir, hashes["sft"], time.time() - t0)
+        mark_done(sft_dir, hashes["sft"], time.time() - t0, settings["sft"])
     seconds["pretrain"] = load_json(sft_dir / "stage.json")["seconds"]
-    tokenizer = Tokenizer.from_file(sft_dir / "tokenizer.json")
     tokenizer.save(out / "tokenizer.json")
     sft = GPT.from_pretrained(sft_dir).to(device).eval()
 
     # ---------------------------------------------------------------- 2. the reward model
     reward_dir = out / "reward"
-    if not is_done(reward_dir, hashes["reward"]):
+    if must_run(reward_dir):
         t0 = time.time()
         pairs = [Pair("", p, n) for p, n in zip(cut(data.train_pos), cut(data.train_neg))]
         reference = [p + r for chunk, g in sample_batches(sft, tokenizer, reviews.POOL, 64, config.ppo.max_new_tokens,
@@ -182,7 +227,7 @@ def run_demo(out_dir="runs/demo", config: DemoConfig = DemoConfig(), show_progre
         train_reward_model(pairs, sft_dir, reward_dir, config.stage("reward"), tokenizer, overwrite=True, show_progress=show_progress,
                            reference_texts=reference)
         save_json(reward_dir / "test_accuracy.json", reward_accuracy(reward_dir, tokenizer, data, config, device))
-        mark_done(reward_dir, hashes["reward"], time.time() - t0)
+        mark_done(reward_dir, hashes["reward"], time.time() - t0, settings["reward"])
     seconds["reward"] = load_json(reward_dir / "stage.json")["seconds"]
     rm = RewardModel.from_pretrained(reward_dir).to(device).eval()
 
@@ -190,7 +235,7 @@ def run_demo(out_dir="runs/demo", config: DemoConfig = DemoConfig(), show_progre
     policy_dir = out / "policy"
     train_prompts = reviews.POOL + (reviews.opening_prompts(data.train_pos + data.train_neg, config.widen_pool,
                                                             config.seed) if config.widen_pool else [])
-    if not is_done(policy_dir, hashes["policy"]):
+    if must_run(policy_dir):
         t0 = time.time()
         judge_rows = []
 
@@ -204,7 +249,7 @@ def run_demo(out_dir="runs/demo", config: DemoConfig = DemoConfig(), show_progre
         train_ppo(train_prompts, sft_dir, reward_dir, policy_dir, config.stage("ppo"), overwrite=True,
                   show_progress=show_progress, on_iteration=judge_curve)
         (policy_dir / "judge_curve.jsonl").write_text("".join(json.dumps(r) + "\n" for r in judge_rows))
-        mark_done(policy_dir, hashes["policy"], time.time() - t0)
+        mark_done(policy_dir, hashes["policy"], time.time() - t0, settings["policy"])
     seconds["ppo"] = load_json(policy_dir / "stage.json")["seconds"]
     policy = GPT.from_pretrained(policy_dir).to(device).eval()
 
@@ -217,6 +262,21 @@ def run_demo(out_dir="runs/demo", config: DemoConfig = DemoConfig(), show_progre
     report["seconds"]["this_invocation"] = round(time.time() - t_start, 1)
     save_json(out / "report.json", report)
     return report
+
+
+def train_tokenizer(texts: list[str], config: DemoConfig) -> Tokenizer:
+    """The pretraining config's tokenizer on `texts`; a char one keeps a slot for config.stand_in."""
+    kind = config.pretrain.tokenizer_kind
+    stand_in = config.stand_in if kind == "char" and config.stand_in else None
+    return Tokenizer.train(texts, config.pretrain.vocab_size, kind, stand_in=stand_in)
+
+
+def known_characters(data: reviews.Reviews, tokenizer: Tokenizer, config: DemoConfig) -> reviews.Reviews:
+    """Every split with the characters the char tokenizer lacks replaced by config.stand_in, so that no text
+    the models learn from or are tested on spells a character in byte tokens (why: tokenizer.py's docstring)."""
+    if not config.stand_in or config.pretrain.tokenizer_kind != "char":
+        return data
+    return data.map(lambda texts: tokenizer.replace_unknown(texts, config.stand_in))
 
 
 @torch.no_grad()
@@ -283,15 +343,7 @@ def write_plots(out: Path):
         by_it.setdefault(c["iteration"], {"iteration": c["iteration"]}).update(c)
     merged = [by_it[k] for k in sorted(by_it)]
     (out / "metrics.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in merged))
-    plot_metrics(merged, ["env/reward_mean", "objective/kl", "eval/judge_positive_rate", "objective/entropy",
-                          "eval/distinct_2", "objective/kl_coef"], out / "plots" / "rlhf.png", "iteration",
-                 title="PPO: reward, KL, judge")
-    plot_metrics(merged, ["ppo/policy_loss", "ppo/value_loss", "ppo/approx_kl", "ppo/clipfrac",
-                          "ppo/explained_variance", "tokens/response_len"], out / "plots" / "ppo_losses.png",
-                 "iteration", title="PPO: losses and diagnostics")
-    for stage, keys in (("sft", ["train/loss", "val/loss"]), ("reward", ["reward/loss", "reward/accuracy", "val/accuracy"])):
-        srows = [json.loads(x) for x in (out / stage / "metrics.jsonl").read_text().splitlines()]
-        plot_metrics(srows, keys, out / "plots" / f"{stage}.png", "step", title=stage)
+    plot_run(out, merged)  # what `minirlhf plot --run` draws; sft/plots and reward/plots hold the stages' own
 
 
 def evaluate_saved_run(run_dir) -> dict:
@@ -299,13 +351,14 @@ def evaluate_saved_run(run_dir) -> dict:
     out = Path(run_dir)
     if not (out / "demo.json").is_file() or not (out / "policy" / "stage.json").is_file():
         raise InputError(f"{out}: not a finished minirlhf demo run (no demo.json or policy/)")
-    config = from_dict(DemoConfig, load_json(out / "demo.json"))
+    config = from_dict(DemoConfig, {"stand_in": "", **load_json(out / "demo.json")})  # older runs had none
     device = resolve_device(config.device)
     tokenizer = Tokenizer.from_file(out / "sft" / "tokenizer.json")
     sft = GPT.from_pretrained(out / "sft").to(device).eval()
     policy = GPT.from_pretrained(out / "policy").to(device).eval()
     rm = RewardModel.from_pretrained(out / "reward").to(device).eval()
-    report = evaluate_run(out, config, reviews.load_reviews(config.seed), tokenizer, sft, policy, rm)
+    data = known_characters(reviews.load_reviews(config.seed), tokenizer, config)
+    report = evaluate_run(out, config, data, tokenizer, sft, policy, rm)
     previous = out / "report.json"
     if previous.is_file():
         report["seconds"] = load_json(previous).get("seconds", {})
@@ -317,6 +370,8 @@ def print_report(report: dict, out) -> None:
     """The closing summary: before/after figures and the per-stage timing table."""
     j, h = report["judge_positive_rate"], report["heldout"]["judge_positive_rate"]
     print(f"\nrun directory: {out}")
+    if report.get("config", {}).get("quick"):
+        print("--quick is a toy-size smoke test: its numbers mean nothing; run `minirlhf demo` for the real figures")
     print(f"judge positive rate (pool)     {j['before']:.3f} -> {j['after']:.3f}")
     print(f"judge positive rate (held-out) {h['before']:.3f} -> {h['after']:.3f}")
     jr = report["judge_positive_rate_response"]
