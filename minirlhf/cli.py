@@ -164,13 +164,25 @@ def cmd_sft(args, overrides):
     _done(f"saved SFT policy to {args.out}")
 
 
+def _recipe_config(args, overrides, config):
+    """A recipe's config: its preset <- --key=value overrides <- --seed/--device."""
+    config = apply_overrides(config, overrides)
+    named = {k: getattr(args, k) for k in ("seed", "device") if getattr(args, k) is not None}
+    return apply_overrides(config, [f"--{k}={v}" for k, v in named.items()])
+
+
 def cmd_demo(args, overrides):
     from .recipes.sentiment_zh import DemoConfig, print_report, quick_config, run_demo
-    config = apply_overrides(quick_config() if args.quick else DemoConfig(), overrides)
-    named = {k: getattr(args, k) for k in ("seed", "device") if getattr(args, k) is not None}
-    config = apply_overrides(config, [f"--{k}={v}" for k, v in named.items()])
+    config = _recipe_config(args, overrides, quick_config() if args.quick else DemoConfig())
     out = args.out or ("runs/demo-quick" if args.quick else "runs/demo")
     print_report(run_demo(out, config), out)
+
+
+def cmd_compare(args, overrides):
+    from .recipes.compare import CompareConfig, print_compare, quick_compare_config, run_compare
+    config = _recipe_config(args, overrides, quick_compare_config() if args.quick else CompareConfig())
+    out = args.out or ("runs/compare-quick" if args.quick else "runs/compare")
+    print_compare(run_compare(out, config), out)
 
 
 def cmd_evaluate(args, overrides):
@@ -265,13 +277,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_sft)
 
     from .recipes.sentiment_zh import DemoConfig
-    p = sub.add_parser("demo", help="the flagship: Chinese review-sentiment RLHF, end to end, offline",
-                       epilog=config_help(DemoConfig()), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="toy sizes, the same pipeline (seconds; what the tests run)")
-    p.add_argument("--out", help="run directory (default runs/demo, or runs/demo-quick)")
-    p.add_argument("--device", help="cpu (default) or cuda")
-    p.add_argument("--seed", type=int)
-    p.set_defaults(fn=cmd_demo)
+    from .recipes.compare import CompareConfig
+    for name, help, config, fn in (
+            ("demo", "the flagship: Chinese review-sentiment RLHF, end to end, offline", DemoConfig(), cmd_demo),
+            ("compare", "PPO, GRPO, RLOO, DPO, RRHF and best-of-n on the flagship task: the reward-KL frontier",
+             CompareConfig(), cmd_compare)):
+        p = sub.add_parser(name, help=help, description=help, epilog=config_help(config),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--quick", action="store_true", help="toy sizes, the same pipeline (what the tests run)")
+        p.add_argument("--out", help=f"run directory (default runs/{name}, or runs/{name}-quick)")
+        p.add_argument("--device", help="cpu (default) or cuda")
+        p.add_argument("--seed", type=int)
+        p.set_defaults(fn=fn)
 
     p = sub.add_parser("evaluate", help="re-evaluate a demo run directory's policy against its reference")
     p.add_argument("--run", required=True, help="a directory written by minirlhf demo")

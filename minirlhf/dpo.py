@@ -159,8 +159,8 @@ class DPO(Objective):
 
 
 def train_dpo(pairs: list[Pair], init_dir, out_dir, config: DPOConfig, resume: bool = False,
-              overwrite: bool = False, show_progress: bool = True) -> GPT:
+              overwrite: bool = False, show_progress: bool = True, on_step=None) -> GPT:
     """DPO-train the GPT-2 in `init_dir` (also the reference) on `pairs`; write a self-contained model directory
     (config.json, model.safetensors, tokenizer.json, train_config.json, metrics.jsonl, plots/, checkpoints/)."""
-    return train_offline(DPO(config), pairs, init_dir, out_dir, config, resume, overwrite, show_progress,
+    return train_offline(DPO(config), pairs, init_dir, out_dir, config, resume, overwrite, show_progress, on_step,
                          length_penalty=config.length_penalty)

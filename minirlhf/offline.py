@@ -129,12 +129,13 @@ def evaluate(objective: Objective, model: GPT, examples: list, pad_id: int, batc
 
 
 def train_offline(objective: Objective, examples: list, init_dir, out_dir, config: OfflineConfig,
-                  resume: bool = False, overwrite: bool = False, show_progress: bool = True,
+                  resume: bool = False, overwrite: bool = False, show_progress: bool = True, on_step=None,
                   **config_extra) -> GPT:
     """Train the GPT-2 in `init_dir` on `examples` with `objective`; write a self-contained model directory.
 
     The directory holds config.json, model.safetensors, tokenizer.json, train_config.json, metrics.jsonl (one
     row per step), plots/ and checkpoints/ (for --resume). Nothing is written before every input is checked.
+    `on_step(model, row)` is called after each logged step (the comparison recipe evaluates the policy there).
     """
     if not examples:
         raise InputError(f"no examples to train {objective.name} on")
@@ -176,6 +177,8 @@ def train_offline(objective: Objective, examples: list, init_dir, out_dir, confi
         if val and is_main_process() and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps):
             row.update(evaluate(objective, model, val, pad, config.eval_batch_size))
         run.log(row, loss=f"{row[f'{name}/loss']:.3f}")
+        if on_step is not None:
+            on_step(model, row)
         run.maybe_checkpoint(step + 1)                           # every rank (RNG states gathered)
     model.eval()
     run.finish(lambda: model.save_pretrained(run.out, tokenizer))

@@ -237,11 +237,14 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
 
 def train_reward_model(examples: list, init_dir, out_dir, config: RewardConfig, tokenizer: Tokenizer,
                        resume: bool = False, overwrite: bool = False, reference_texts: list[str] | None = None,
+                       norm_prompts: list[str] | None = None,
                        show_progress: bool = True) -> RewardModel:
     """Train a RewardModel on Pairs or Rankings, starting from the GPT-2 in `init_dir`; normalise it.
 
     The normalisation set is `reference_texts` (full texts, encoded like training sequences) if given,
-    else `config.norm_samples` responses of the init policy on the training prompts. Writes a
+    else `config.norm_samples` responses of the init policy on `norm_prompts` (default: the training
+    prompts), scored as the very token sequences that were sampled, as a policy's rollouts will be: a
+    response cut at norm_max_new_tokens keeps no EOS. Writes a
     self-contained directory: config.json, model.safetensors, tokenizer.json, reward_head.safetensors
     (head + gain/bias), normalization.json, metrics.jsonl, train_config.json, plots/, checkpoints/.
     """
@@ -312,7 +315,8 @@ def train_reward_model(examples: list, init_dir, out_dir, config: RewardConfig, 
 
     def save():  # rank 0: normalise (scores of the initial policy's samples -> N(0, 1)), then write the model
         if config.normalize:
-            seqs, source = normalization_set(reference_texts, init_dir, [e.prompt for e in train_ex], tokenizer,
+            seqs, source = normalization_set(reference_texts, init_dir, norm_prompts or [e.prompt for e in train_ex],
+                                             tokenizer,
                                              config, max_len, device)
             stats = fit_reward_normalization(model, seqs, tokenizer.pad_id, config.eval_batch_size)
             save_json(out / "normalization.json", {"source": source, **stats})

@@ -143,11 +143,11 @@ class RRHF(Objective):
 
 
 def train_rrhf(rankings: list[Ranking], init_dir, out_dir, config: RRHFConfig, resume: bool = False,
-               overwrite: bool = False, show_progress: bool = True) -> GPT:
+               overwrite: bool = False, show_progress: bool = True, on_step=None) -> GPT:
     """RRHF-train the GPT-2 in `init_dir` on rankings {query, responses, scores[, sources]}; write a
     self-contained model directory (as train_dpo)."""
     for r in rankings:
         if not isinstance(r, Ranking):
             raise InputError(f"RRHF trains on rankings {{query, responses, scores}}, got a {type(r).__name__}")
     rankings = select_responses(rankings, config.only_use_provide, config.only_use_sample)
-    return train_offline(RRHF(config), rankings, init_dir, out_dir, config, resume, overwrite, show_progress)
+    return train_offline(RRHF(config), rankings, init_dir, out_dir, config, resume, overwrite, show_progress, on_step)

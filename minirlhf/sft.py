@@ -227,8 +227,8 @@ class SFT(Objective):
 
 
 def train_sft(demonstrations: list[Demonstration], init_dir, out_dir, config: SFTConfig, resume: bool = False,
-              overwrite: bool = False, show_progress: bool = True) -> GPT:
+              overwrite: bool = False, show_progress: bool = True, on_step=None) -> GPT:
     """Fine-tune the GPT-2 in `init_dir` on {prompt, response} demonstrations, the loss on response tokens
     only; write a self-contained model directory (as pretrain). Metrics: sft/loss, sft/grad_norm, sft/lr,
     sft/epoch and, every eval_every steps, val/loss."""
-    return train_offline(SFT(), demonstrations, init_dir, out_dir, config, resume, overwrite, show_progress)
+    return train_offline(SFT(), demonstrations, init_dir, out_dir, config, resume, overwrite, show_progress, on_step)

@@ -33,7 +33,6 @@ from ..plots import plot_run
 from ..ppo import PPOConfig, train_ppo
 from ..reward import RewardConfig, train_reward_model
 from ..runtime import resolve_device
-from ..sampling import sample_batches
 from ..sft import PretrainConfig, pretrain
 from ..tokenizer import STAND_IN, Tokenizer
 from . import reviews
@@ -45,7 +44,8 @@ def _pretrain() -> PretrainConfig:
 
 
 def _reward() -> RewardConfig:
-    return RewardConfig(loss="pairwise", steps=150, batch_size=32, lr=5e-4, eval_every=50, val_fraction=0.05)
+    return RewardConfig(loss="pairwise", steps=150, batch_size=32, lr=5e-4, eval_every=50, val_fraction=0.05,
+                        norm_max_new_tokens=24)
 
 
 def _ppo() -> PPOConfig:
@@ -96,6 +96,10 @@ class DemoConfig:
             raise InputError(f"--pretrain.block_size={self.pretrain.block_size} is too small: texts need "
                              f"max_chars + 2 = {self.max_chars + 2} tokens and PPO needs a prompt "
                              f"({longest}) + ppo.max_new_tokens ({self.ppo.max_new_tokens})")
+        if self.reward.norm_max_new_tokens != self.ppo.max_new_tokens:
+            raise InputError(f"--reward.norm_max_new_tokens={self.reward.norm_max_new_tokens} must equal "
+                             f"--ppo.max_new_tokens={self.ppo.max_new_tokens}: the reward model is normalised on "
+                             f"samples as long as the policy's")
 
     def stage(self, name: str):
         """The config a stage runs with: its own, with the demo's seed and device."""
@@ -108,7 +112,7 @@ def quick_config() -> DemoConfig:
     return replace(d, quick=True, max_chars=24, eval_samples=4, heldout_prompts=4, heldout_samples=2, judge_every=2,
                    pretrain=replace(d.pretrain, vocab_size=800, n_layer=1, n_head=2, n_embd=32, block_size=40,
                                     steps=40, eval_every=10, warmup_steps=8),
-                   reward=replace(d.reward, steps=20, batch_size=16, eval_every=6),
+                   reward=replace(d.reward, steps=20, batch_size=16, eval_every=6, norm_max_new_tokens=8),
                    ppo=replace(d.ppo, iterations=4, batch_size=16, max_new_tokens=8))
 
 
@@ -126,8 +130,7 @@ def stage_hashes(config: DemoConfig) -> dict[str, str]:
     hash: a change anywhere re-runs that stage and the ones after it."""
     out, upstream = {}, ""
     for stage, part in stage_settings(config).items():
-        upstream = hashlib.sha256((upstream + json.dumps(part, sort_keys=True)).encode()).hexdigest()[:16]
-        out[stage] = upstream
+        upstream = out[stage] = stage_digest(upstream, part)
     return out
 
 
@@ -165,37 +168,71 @@ def check_out_dir(out: Path):
         raise InputError(f"{out}: exists and is not a minirlhf demo run; choose another --out")
 
 
+def judge_stats(prompts: list[str], responses: list[str]) -> dict:
+    """snownlp's judge on prompt + response, and on the response alone (stricter: the prompt's words don't count)."""
+    judged = reviews.judge_positive([p + r for p, r in zip(prompts, responses)])
+    judged_response = reviews.judge_positive(responses)
+    rate = lambda js: sum(j > 0.5 for j in js) / len(js)  # noqa: E731
+    return {"judge_positive_rate": rate(judged), "judge_positive_rate_response": rate(judged_response),
+            "judge_mean": sum(judged) / len(judged), "judged": judged}
+
+
 def evaluate(policy, ref, reward, tokenizer, prompts, n, config, seed):
     s = sample_and_score(policy, ref, reward, tokenizer, prompts, n, config.ppo.max_new_tokens, seed=seed)
-    judged = reviews.judge_positive([p + r for p, r in zip(s.prompts, s.responses)])
-    judged_response = reviews.judge_positive(s.responses)  # stricter: the prompt's own words don't count
-    rate = lambda js: sum(j > 0.5 for j in js) / len(js)  # noqa: E731
-    stats = summary(s) | {"judge_positive_rate": rate(judged), "judge_positive_rate_response": rate(judged_response),
-                          "judge_mean": sum(judged) / len(judged)}
-    return stats, s, judged
+    judge = judge_stats(s.prompts, s.responses)
+    judged = judge.pop("judged")
+    return summary(s) | judge, s, judged
 
 
-def run_demo(out_dir="runs/demo", config: DemoConfig = DemoConfig(), show_progress: bool = True) -> dict:
-    """Run (or resume from cache) every stage; write report.json, samples.md, plots/; return the report."""
-    out = Path(out_dir)
-    check_out_dir(out)
+def stage_digest(upstream: str, part) -> str:
+    """A stage's hash: its settings on top of the stage before it (so a change re-runs every later stage)."""
+    return hashlib.sha256((upstream + json.dumps(part, sort_keys=True)).encode()).hexdigest()[:16]
+
+
+class Stages:
+    """Which stages of a run directory are reused and which run, and why (one line each)."""
+
+    def __init__(self, hashes: dict, settings: dict):
+        self.hashes, self.settings, self.reran = hashes, settings, []
+
+    def must_run(self, stage_dir: Path, digest: str | None = None, settings: dict | None = None) -> bool:
+        """Say whether a stage is reused (its settings and every earlier stage's unchanged) or why it runs."""
+        stage = stage_dir.name
+        if is_done(stage_dir, digest or self.hashes[stage]):
+            print(f"reusing {stage}/ (settings unchanged)", flush=True)
+            return False
+        print(stage_note(stage_dir, settings or self.settings[stage], self.reran[-1] if self.reran else None),
+              flush=True)
+        self.reran.append(stage)
+        return True
+
+
+@dataclass
+class Prepared:
+    """Stages 1 and 2 of a run directory, loaded: what the demo and the comparison build on."""
+    data: reviews.Reviews
+    tokenizer: Tokenizer
+    sft_dir: Path
+    reward_dir: Path
+    sft: GPT
+    rm: RewardModel
+    stages: Stages
+    seconds: dict
+    preferences: tuple | None = None  # the comparison's offline data, made once
+
+    @property
+    def reward_model_accuracy(self) -> dict:
+        return load_json(self.reward_dir / "test_accuracy.json")
+
+
+def prepare(out: Path, config: DemoConfig, show_progress: bool = True) -> Prepared:
+    """The data, then stage 1 (the reference policy, sft/) and stage 2 (the reward model, reward/), each
+    trained or reused when its settings are unchanged."""
     device = resolve_device(config.device)
-    hashes, settings, reran = stage_hashes(config), stage_settings(config), []
+    stages = Stages(stage_hashes(config), stage_settings(config))
     out.mkdir(parents=True, exist_ok=True)
     save_json(out / "demo.json", asdict(config))
     seconds: dict[str, float] = {}
-    t_start = time.time()
-
-    def must_run(stage_dir: Path) -> bool:
-        """Say whether a stage is reused (its settings and every earlier stage's unchanged) or why it runs."""
-        stage = stage_dir.name
-        if is_done(stage_dir, hashes[stage]):
-            print(f"reusing {stage}/ (settings unchanged)", flush=True)
-            return False
-        print(stage_note(stage_dir, settings[stage], reran[-1] if reran else None), flush=True)
-        reran.append(stage)
-        return True
-
     t0 = time.time()
     data = reviews.load_reviews(config.seed)
     seconds["data"] = time.time() - t0
@@ -204,38 +241,46 @@ def run_demo(out_dir="runs/demo", config: DemoConfig = DemoConfig(), show_progre
     # ---------------------------------------------------------------- 1. pretraining: the reference
     sft_dir = out / "sft"
     t0 = time.time()
-    run_sft = must_run(sft_dir)
+    run_sft = stages.must_run(sft_dir)
     tokenizer = (train_tokenizer(cut(data.train_pos + data.train_neg), config) if run_sft
                  else Tokenizer.from_file(sft_dir / "tokenizer.json"))
     data = known_characters(data, tokenizer, config)  # every split, so also what the models are tested on
     if run_sft:
         pretrain(cut(data.train_pos + data.train_neg), sft_dir, config.stage("pretrain"), tokenizer, overwrite=True,
                  show_progress=show_progress)
-        mark_done(sft_dir, hashes["sft"], time.time() - t0, settings["sft"])
+        mark_done(sft_dir, stages.hashes["sft"], time.time() - t0, stages.settings["sft"])
     seconds["pretrain"] = load_json(sft_dir / "stage.json")["seconds"]
     tokenizer.save(out / "tokenizer.json")
     sft = GPT.from_pretrained(sft_dir).to(device).eval()
 
     # ---------------------------------------------------------------- 2. the reward model
     reward_dir = out / "reward"
-    if must_run(reward_dir):
+    if stages.must_run(reward_dir):
         t0 = time.time()
         pairs = [Pair("", p, n) for p, n in zip(cut(data.train_pos), cut(data.train_neg))]
-        reference = [p + r for chunk, g in sample_batches(sft, tokenizer, reviews.POOL, 64, config.ppo.max_new_tokens,
-                                                           seed=config.seed)
-                     for p, r in zip(chunk, tokenizer.decode_batch(g.responses.tolist()))]
-        train_reward_model(pairs, sft_dir, reward_dir, config.stage("reward"), tokenizer, overwrite=True, show_progress=show_progress,
-                           reference_texts=reference)
+        # normalised on sft's own samples of the pool, scored as sampled, as PPO's rollouts will be
+        train_reward_model(pairs, sft_dir, reward_dir, config.stage("reward"), tokenizer, overwrite=True,
+                           show_progress=show_progress, norm_prompts=reviews.POOL)
         save_json(reward_dir / "test_accuracy.json", reward_accuracy(reward_dir, tokenizer, data, config, device))
-        mark_done(reward_dir, hashes["reward"], time.time() - t0, settings["reward"])
+        mark_done(reward_dir, stages.hashes["reward"], time.time() - t0, stages.settings["reward"])
     seconds["reward"] = load_json(reward_dir / "stage.json")["seconds"]
     rm = RewardModel.from_pretrained(reward_dir).to(device).eval()
+    return Prepared(data, tokenizer, sft_dir, reward_dir, sft, rm, stages, seconds)
+
+
+def run_demo(out_dir="runs/demo", config: DemoConfig = DemoConfig(), show_progress: bool = True) -> dict:
+    """Run (or resume from cache) every stage; write report.json, samples.md, plots/; return the report."""
+    out = Path(out_dir)
+    check_out_dir(out)
+    t_start = time.time()
+    prep = prepare(out, config, show_progress)
+    data, tokenizer, sft, rm, seconds = prep.data, prep.tokenizer, prep.sft, prep.rm, prep.seconds
 
     # ---------------------------------------------------------------- 3. PPO
     policy_dir = out / "policy"
     train_prompts = reviews.POOL + (reviews.opening_prompts(data.train_pos + data.train_neg, config.widen_pool,
                                                             config.seed) if config.widen_pool else [])
-    if must_run(policy_dir):
+    if prep.stages.must_run(policy_dir):
         t0 = time.time()
         judge_rows = []
 
@@ -246,12 +291,12 @@ def run_demo(out_dir="runs/demo", config: DemoConfig = DemoConfig(), show_progre
                 judge_rows.append({"iteration": it, "eval/judge_positive_rate": stats["judge_positive_rate"],
                                    "eval/reward": stats["reward"], "eval/distinct_2": stats["distinct_2"]})
 
-        train_ppo(train_prompts, sft_dir, reward_dir, policy_dir, config.stage("ppo"), overwrite=True,
+        train_ppo(train_prompts, prep.sft_dir, prep.reward_dir, policy_dir, config.stage("ppo"), overwrite=True,
                   show_progress=show_progress, on_iteration=judge_curve)
         (policy_dir / "judge_curve.jsonl").write_text("".join(json.dumps(r) + "\n" for r in judge_rows))
-        mark_done(policy_dir, hashes["policy"], time.time() - t0, settings["policy"])
+        mark_done(policy_dir, prep.stages.hashes["policy"], time.time() - t0, prep.stages.settings["policy"])
     seconds["ppo"] = load_json(policy_dir / "stage.json")["seconds"]
-    policy = GPT.from_pretrained(policy_dir).to(device).eval()
+    policy = GPT.from_pretrained(policy_dir).to(resolve_device(config.device)).eval()
 
     # ---------------------------------------------------------------- 4. evaluation, before vs after
     t0 = time.time()

@@ -1,0 +1,281 @@
+"""The comparison no framework gives its users: PPO, GRPO, RLOO, DPO, RRHF and best-of-n on ONE task, from one
+reference policy, against one reward model, under one seed, on one reward–KL frontier.
+
+    the demo's sft/ and reward/ (the same stages, cached)
+      ├─ online  ppo/ grpo/ rloo/   sample from the prompt pool, score with the reward model, update
+      ├─ offline prefs: k samples of sft per prompt ranked by the reward model ──▶ dpo/ (best vs worst pairs),
+      │                                                                          rrhf/ (all k, ranked)
+      └─ best-of-n, n = 1 … 64: keep the reward model's best of n samples of sft (no training)
+    at eval_points points along each method's training: samples of every pool prompt ──▶ the reward model's
+    score, snownlp's judge positive rate, KL to sft ──▶ frontier.png, compare.json, compare.md
+
+CPU: `minirlhf compare` (the README gives the measured minutes); `--quick` toy size. GPU: `--device cuda`.
+
+What is and is not equal between the methods, said out loud:
+  * Same reference (sft/), same reward model, same prompt pool, same sampling temperature (1), same response
+    length cap, same evaluation samples (one seed for every point: common random numbers).
+  * KL on the x axis is measured the same way for every trained policy: Σ_t log π − log π_sft over its own
+    samples (k1, as PPO's objective/kl). For best-of-n it is the bound log n − (n−1)/n (evaluation.best_of_n).
+  * Budgets are each method's usual shape, not identical: the online methods see `iterations × batch_size`
+    fresh samples; DPO and RRHF see `preference_prompts × preference_k` samples of sft, drawn once.
+  * Hyperparameters are the defaults below, tuned for none of the methods beyond making each one learn;
+    a frontier is a picture of this run, not a ranking of the algorithms.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+
+from ..checkpoint import load_json, save_json
+from ..config import validate
+from ..dpo import DPOConfig, train_dpo
+from ..errors import InputError
+from ..evaluation import best_of_n, distinct_n
+from ..grpo import GRPOConfig, RLOOConfig, train_grpo
+from ..plots import _figure
+from ..ppo import train_ppo
+from ..responses import make_preferences
+from ..rrhf import RRHFConfig, train_rrhf
+from . import reviews
+from .sentiment_zh import DemoConfig, evaluate, judge_stats, mark_done, prepare, quick_config, stage_digest
+
+METHODS = ("ppo", "grpo", "rloo", "dpo", "rrhf", "best_of_n")
+
+
+def _grpo() -> GRPOConfig:
+    return GRPOConfig(iterations=60, batch_size=64, group_size=4, max_new_tokens=24, lr=2e-4, kl_coef=0.1)
+
+
+def _rloo() -> RLOOConfig:
+    return RLOOConfig(iterations=60, batch_size=64, group_size=4, max_new_tokens=24, lr=2e-4, kl_coef=0.3)
+
+
+def _dpo() -> DPOConfig:
+    return DPOConfig(steps=120, batch_size=32, lr=2e-4, beta=0.1, val_fraction=0.05)
+
+
+def _rrhf() -> RRHFConfig:
+    return RRHFConfig(steps=120, batch_size=16, lr=2e-4, val_fraction=0.05)
+
+
+@dataclass
+class CompareConfig:
+    seed: int = 0
+    """Seed of every stage and method."""
+    device: str = "cpu"
+    """cpu or cuda, for every stage and method."""
+    demo: DemoConfig = field(default_factory=DemoConfig)
+    """The demo's stages (--demo.<key>): its pretrain and reward stages are the shared reference and reward
+    model, its ppo stage is the PPO here (--demo.ppo.<key>)."""
+    grpo: GRPOConfig = field(default_factory=_grpo)
+    """GRPO (--grpo.<key>): G = 4 responses per prompt, k3 KL loss term."""
+    rloo: RLOOConfig = field(default_factory=_rloo)
+    """RLOO (--rloo.<key>): leave-one-out baseline, k1 KL in the reward (β as PPO's)."""
+    dpo: DPOConfig = field(default_factory=_dpo)
+    """DPO (--dpo.<key>) on best-vs-worst pairs of the preference samples."""
+    rrhf: RRHFConfig = field(default_factory=_rrhf)
+    """RRHF (--rrhf.<key>) on the ranked preference samples."""
+    methods: str = ",".join(METHODS)
+    """Comma-separated methods to run, from ppo, grpo, rloo, dpo, rrhf, best_of_n."""
+    preference_prompts: int = 512
+    """Draws from the prompt pool for the offline data (each gets preference_k samples of sft)."""
+    preference_k: int = 4
+    """Samples per draw, ranked by the reward model: DPO takes the best and the worst, RRHF all of them."""
+    best_of_n: str = "1,2,4,8,16,32,64"
+    """The n of best-of-n, comma-separated."""
+    eval_points: int = 6
+    """Evaluations along each method's training (and one of sft at KL 0)."""
+    eval_samples: int = 16
+    """Samples per pool prompt at each evaluation."""
+
+    shared_fields = ("seed", "device")  # set here once for everything, never as --grpo.seed
+
+    def __post_init__(self):
+        validate(self, positive=("preference_prompts", "preference_k", "eval_points", "eval_samples"))
+        unknown = set(self.method_list()) - set(METHODS)
+        if unknown:
+            raise InputError(f"--methods: unknown {', '.join(sorted(unknown))}; choose from {', '.join(METHODS)}")
+        if self.preference_k < 2:
+            raise InputError(f"--preference_k must be at least 2 (a pair needs two samples), got {self.preference_k}")
+        try:
+            ns = [int(n) for n in self.best_of_n.split(",")]
+        except ValueError:
+            raise InputError(f"--best_of_n must be comma-separated integers, got {self.best_of_n!r}") from None
+        if not ns or min(ns) < 1:
+            raise InputError(f"--best_of_n values must be >= 1, got {self.best_of_n!r}")
+
+    def method_list(self) -> list[str]:
+        return [m.strip() for m in self.methods.split(",") if m.strip()]
+
+    def stage(self, name: str):
+        """The config a method (or the demo) runs with: its own, with the comparison's seed and device."""
+        return replace(getattr(self, name), seed=self.seed, device=self.device)
+
+
+def quick_compare_config() -> CompareConfig:
+    """`--quick`: toy sizes, the same pipeline (what the tests run)."""
+    c = CompareConfig(demo=quick_config())
+    small = dict(iterations=4, batch_size=16, max_new_tokens=8)
+    return replace(c, grpo=replace(c.grpo, **small), rloo=replace(c.rloo, **small),
+                   dpo=replace(c.dpo, steps=8, batch_size=8), rrhf=replace(c.rrhf, steps=8, batch_size=4),
+                   preference_prompts=32, best_of_n="1,2,4", eval_points=2, eval_samples=2)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+def point(x: int, stats: dict) -> dict:
+    """One point of a method's curve: where it is in training (x) and what the evaluation measured."""
+    keep = ("reward", "kl", "judge_positive_rate", "judge_positive_rate_response", "distinct_2")
+    return {"x": x, **{k: round(float(stats[k]), 4) for k in keep}}
+
+
+class Evaluator:
+    """The same evaluation for every policy: eval_samples of each pool prompt, one seed for every point."""
+
+    SEED = 10_000
+
+    def __init__(self, prep, config: CompareConfig):
+        self.prep, self.config = prep, config
+        self.demo = config.stage("demo")
+
+    def __call__(self, policy, x: int) -> dict:
+        p = self.prep
+        stats, _, _ = evaluate(policy, p.sft, p.rm, p.tokenizer, reviews.POOL, self.config.eval_samples, self.demo,
+                               self.SEED)
+        return point(x, stats)
+
+    def best_of_n(self, n: int) -> dict:
+        p = self.prep
+        s = best_of_n(p.sft, p.rm, p.tokenizer, reviews.POOL, self.config.eval_samples, n,
+                      self.demo.ppo.max_new_tokens, seed=self.SEED)
+        return point(n, {"reward": sum(s.rewards) / len(s.rewards), "kl": s.kl[0],
+                         "distinct_2": distinct_n(s.responses, 2), **judge_stats(s.prompts, s.responses)})
+
+
+# ---------------------------------------------------------------------------------------------- the methods
+
+def run_method(name: str, out: Path, config: CompareConfig, prep, evaluator: Evaluator, upstream: str,
+               show_progress: bool) -> dict:
+    """Train (or reuse, when its settings are unchanged) one method; its curve and seconds."""
+    method_dir = out / name
+    cfg = config.stage("demo").stage("ppo") if name == "ppo" else (None if name == "best_of_n" else config.stage(name))
+    settings = {"method": name, "config": asdict(cfg) if cfg is not None else config.best_of_n,
+                "eval": [config.eval_points, config.eval_samples],
+                "preferences": [config.preference_prompts, config.preference_k] if name in ("dpo", "rrhf") else None}
+    digest = stage_digest(upstream, settings)
+    if not prep.stages.must_run(method_dir, digest, settings):
+        return load_json(method_dir / "curve.json")
+    t0 = time.time()
+    curve = [evaluator(prep.sft, 0)]
+    if name == "best_of_n":
+        curve = [evaluator.best_of_n(int(n)) for n in config.best_of_n.split(",")]
+    elif name in ("ppo", "grpo", "rloo"):
+        every = max(cfg.iterations // config.eval_points, 1)
+
+        def on_iteration(trainer, row):
+            if row["iteration"] % every == 0 or row["iteration"] == cfg.iterations:
+                curve.append(evaluator(trainer.policy, row["iteration"]))
+
+        train = train_ppo if name == "ppo" else train_grpo
+        train(reviews.POOL, prep.sft_dir, prep.reward_dir, method_dir, cfg, overwrite=True,
+              show_progress=show_progress, on_iteration=on_iteration)
+    else:
+        pairs, rankings = preferences(out, config, prep, upstream)
+        every = max(cfg.steps // config.eval_points, 1)
+
+        def on_step(model, row):
+            if row["step"] % every == 0 or row["step"] == cfg.steps:
+                curve.append(evaluator(model, row["step"]))
+
+        train = train_dpo if name == "dpo" else train_rrhf
+        train(pairs if name == "dpo" else rankings, prep.sft_dir, method_dir, cfg, overwrite=True,
+              show_progress=show_progress, on_step=on_step)
+    result = {"curve": curve, "seconds": round(time.time() - t0, 1)}
+    method_dir.mkdir(parents=True, exist_ok=True)
+    save_json(method_dir / "curve.json", result)
+    mark_done(method_dir, digest, result["seconds"], settings)
+    return result
+
+
+def preferences(out: Path, config: CompareConfig, prep, upstream: str):
+    """Pairs (best vs worst) and rankings (all k) from sft's samples ranked by the reward model, made once."""
+    if getattr(prep, "preferences", None) is None:
+        demo = config.stage("demo")
+        draws = [reviews.POOL[i % len(reviews.POOL)] for i in range(config.preference_prompts)]
+        prep.preferences = make_preferences(prep.sft, prep.rm, prep.tokenizer, draws, config.preference_k,
+                                            demo.ppo.max_new_tokens, seed=config.seed + 7)
+        pairs, rankings = prep.preferences
+        save_json(out / "preferences.json", {"pairs": len(pairs), "rankings": len(rankings),
+                                             "example_pair": asdict(pairs[0]) if pairs else None})
+    return prep.preferences
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+def run_compare(out_dir="runs/compare", config: CompareConfig = CompareConfig(), show_progress: bool = True) -> dict:
+    """Run every method (reusing what is cached); write compare.json, compare.md, frontier.png; return results."""
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not (out / "compare.json").exists() and not (out / "demo.json").exists():
+        raise InputError(f"{out}: exists and is not a minirlhf compare run; choose another --out")
+    t_start = time.time()
+    prep = prepare(out, config.stage("demo"), show_progress)        # sft/ and reward/, as the demo makes them
+    save_json(out / "compare_config.json", asdict(config))
+    evaluator = Evaluator(prep, config)
+    results = {}
+    for name in config.method_list():
+        results[name] = run_method(name, out, config, prep, evaluator, prep.stages.hashes["reward"], show_progress)
+    report = {"methods": results, "reward_model": prep.reward_model_accuracy,
+              "seconds": {"sft_and_reward": round(prep.seconds["pretrain"] + prep.seconds["reward"], 1), **{k: v["seconds"] for k, v in results.items()},
+                          "this_invocation": round(time.time() - t_start, 1)},
+              "config": asdict(config)}
+    save_json(out / "compare.json", report)
+    (out / "compare.md").write_text(table(results), encoding="utf-8")
+    plot_frontier(results, out / "frontier.png")
+    return report
+
+
+def table(results: dict) -> str:
+    """Markdown: each method's last point (and sft, the start)."""
+    first = next(iter(results.values()))["curve"][0] if results else None
+    lines = ["| method | KL to sft (nats) | reward-model score | judge positive rate | judge, response alone "
+             "| distinct-2 | seconds |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    if first and first["x"] == 0:
+        lines.append(f"| sft (start) | 0 | {first['reward']:+.3f} | {first['judge_positive_rate']:.3f} | "
+                     f"{first['judge_positive_rate_response']:.3f} | {first['distinct_2']:.3f} | — |")
+    for name, r in results.items():
+        p = r["curve"][-1]
+        label = f"best-of-{p['x']}" if name == "best_of_n" else name
+        kl = f"≤ {p['kl']:.2f}" if name == "best_of_n" else f"{p['kl']:.2f}"
+        lines.append(f"| {label} | {kl} | {p['reward']:+.3f} | {p['judge_positive_rate']:.3f} | "
+                     f"{p['judge_positive_rate_response']:.3f} | {p['distinct_2']:.3f} | {r['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_frontier(results: dict, path):
+    """Reward-model score and judge positive rate against KL to sft: one line per method, in training order."""
+    fig = _figure(figsize=(11, 4.2))
+    axes = fig.subplots(1, 2)
+    for name, r in results.items():
+        xs = [p["kl"] for p in r["curve"]]
+        style = dict(marker="o", ms=4, lw=1.5, ls="--" if name == "best_of_n" else "-")
+        label = "best-of-n (KL bound)" if name == "best_of_n" else name
+        axes[0].plot(xs, [p["reward"] for p in r["curve"]], label=label, **style)
+        axes[1].plot(xs, [p["judge_positive_rate"] for p in r["curve"]], label=label, **style)
+    for ax, title in zip(axes, ("reward-model score (the proxy optimised)", "judge positive rate (snownlp)")):
+        ax.set_xlabel("KL to the reference sft (nats per response)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("One task, one reference, one reward model: the reward–KL frontier")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return Path(path)
+
+
+def print_compare(report: dict, out) -> None:
+    print(f"\nrun directory: {out}")
+    print(table(report["methods"]))
+    print(f"frontier: {Path(out) / 'frontier.png'}")
