@@ -10,6 +10,7 @@ files never collect in the machine's /tmp, and we can see whether it removed the
 """
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -100,8 +101,58 @@ def check_reward_models(nb):
     assert has_plot(nb), "no plot shown"
 
 
+def percent_after(text: str, label: str) -> int:
+    """The percentage printed right after `label` (e.g. 'became likelier: 87%')."""
+    match = re.search(re.escape(label) + r"\s*(\d+)%", text)
+    assert match, f"no '{label} N%' in the notebook's output"
+    return int(match.group(1))
+
+
+def check_ppo_by_hand(nb):
+    text = text_of(nb)
+    assert "iteration 0: log π == log π_ref on every token of a rollout: True" in text   # the policy starts as the reference
+    assert "every row: r_t + β KL_t is the score on the last real token and 0 elsewhere: True" in text
+    assert "every row: r_t = 0 on padding: True" in text
+    assert "GAE hand loop matches compute_gae: True" in text
+    assert "trainer.advantages == shape_rewards -> compute_gae -> masked_whiten by hand: True" in text
+    for sign in ("+1", "-1"):                                      # the clipped surrogate, both signs of A
+        assert f"A = {sign}: ppo_policy_loss = -min(ρA, clip(ρ)A): True" in text
+    assert text.count("gradient 0 exactly where clipped: True") == 2
+    assert "ratio on first minibatch: 1.000000" in text and "exactly 1 and 0: True" in text
+    assert percent_after(text, "tokens with A > 0 that became likelier:") > 50     # the update follows the advantages
+    assert percent_after(text, "tokens with A < 0 that became less likely:") > 50
+    assert has_plot(nb), "no plot shown"
+    assert any("text/html" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])), "no tokenviz HTML"
+
+
+def check_sentiment_rlhf(nb):
+    text = text_of(nb)
+    assert "every PPO iteration logged: True" in text
+    assert "reproduced report.json's pool reward, KL and distinct-2 from the saved models: True" in text
+    assert has_plot(nb), "no plot shown"
+
+
+def check_dpo_derivation(nb):
+    text = text_of(nb)
+    assert "J(π) = β log Z - β KL(π ‖ π*) on 5 random policies: True" in text
+    assert "π* matches gradient ascent: max |Δ| < 1e-3" in text
+    assert re.search(r"max of J found: .* equal to 1e-6: True", text)                   # the maximum is β log Z
+    assert re.search(r"r - implicit reward is one constant .* equal to β log Z = .*: True", text)
+    assert "the same from π* and π_ref alone, no r, no Z: True" in text
+    assert "DPO loss at the reference: 0.693147   log 2 = 0.693147" in text
+    assert "DPO on exact preferences reaches π*: max |Δ| < 1e-3" in text
+    assert "TV to π* shrinks as the sample grows: True" in text
+    assert "DPO = the Bradley–Terry reward fitted on the same pairs + its closed-form optimum: True" in text
+    assert re.search(r"gradients with and without the reference agree as β → 0: .* > 0.9999: True", text)
+    assert "reference-free DPO on exact preferences reaches softmax(r/β): max |Δ| < 1e-3" in text
+    assert "IPO training reaches its least-squares optimum: True" in text
+    assert has_plot(nb), "no plot shown"
+
+
 CHECKS = {"exercises_rlhf.ipynb": check_exercises, "tour.ipynb": check_tour,
-          "01_gpt_and_sampler.ipynb": check_gpt_and_sampler, "02_reward_models.ipynb": check_reward_models}
+          "01_gpt_and_sampler.ipynb": check_gpt_and_sampler, "02_reward_models.ipynb": check_reward_models,
+          "03_ppo_by_hand.ipynb": check_ppo_by_hand, "04_sentiment_rlhf.ipynb": check_sentiment_rlhf,
+          "05_dpo_derivation.ipynb": check_dpo_derivation}
 
 
 def test_notebooks_are_found_and_every_check_has_its_notebook():
