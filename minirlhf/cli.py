@@ -212,18 +212,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_pretrain)
 
     p = sub.add_parser("sample", help="print continuations of a prompt from a model directory",
-                       description="print continuations of a prompt from a model directory",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       description="print continuations of a prompt from a model directory")
     p.add_argument("--model", required=True, help="model directory (config.json, model.safetensors, tokenizer.json)")
     p.add_argument("--prompt", required=True, help="the text to continue (the printed samples start with it)")
-    p.add_argument("--n", type=int, default=4, help="number of samples")
+    p.add_argument("--n", type=int, default=4, help="number of samples (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=48, dest="max_new_tokens",
-                   help="length limit of each sample; cut, with a warning, to what the prompt leaves of the context")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (> 0)")
-    p.add_argument("--top-k", type=int, default=0, dest="top_k", help="keep the k most likely tokens (0: all)")
-    p.add_argument("--top-p", type=float, default=1.0, dest="top_p", help="nucleus: the smallest set with this mass")
-    p.add_argument("--seed", type=int, default=0, help="seed of the draws (same seed, same samples)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+                   help="length limit of each sample, cut (with a warning) to what the prompt leaves of the "
+                        "model's context (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature, > 0 (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=0, dest="top_k",
+                   help="keep the k most likely tokens, 0 keeps all (default: %(default)s)")
+    p.add_argument("--top-p", type=float, default=1.0, dest="top_p",
+                   help="keep the smallest set of tokens with this much probability (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the draws: same seed, same samples (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     p.set_defaults(fn=cmd_sample)
 
     from .ppo import PPOConfig
