@@ -185,6 +185,13 @@ def cmd_compare(args, overrides):
     print_compare(run_compare(out, config), out)
 
 
+def cmd_overopt(args, overrides):
+    from .recipes.overopt import OveroptConfig, print_overoptimization, quick_overopt_config, run_overoptimization
+    config = _recipe_config(args, overrides, quick_overopt_config() if args.quick else OveroptConfig())
+    out = args.out or ("runs/overopt-quick" if args.quick else "runs/overopt")
+    print_overoptimization(run_overoptimization(out, config), out)
+
+
 def cmd_evaluate(args, overrides):
     from .recipes.sentiment_zh import evaluate_saved_run, print_report
     if overrides:
@@ -281,10 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .recipes.sentiment_zh import DemoConfig
     from .recipes.compare import CompareConfig
+    from .recipes.overopt import OveroptConfig
     for name, help, config, fn in (
             ("demo", "the flagship: Chinese review-sentiment RLHF, end to end, offline", DemoConfig(), cmd_demo),
             ("compare", "PPO, GRPO, RLOO, DPO, RRHF and best-of-n on the flagship task: the reward-KL frontier",
-             CompareConfig(), cmd_compare)):
+             CompareConfig(), cmd_compare),
+            ("overopt", "reward over-optimisation (Gao et al. 2022): a long PPO run with a small KL coefficient, "
+             "proxy reward and judge rate against sqrt(KL)", OveroptConfig(), cmd_overopt)):
         p = sub.add_parser(name, help=help, description=help, epilog=config_help(config),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--quick", action="store_true", help="toy sizes, the same pipeline (what the tests run)")

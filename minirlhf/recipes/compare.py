@@ -136,20 +136,18 @@ class Evaluator:
 
     SEED = 10_000
 
-    def __init__(self, prep, config: CompareConfig):
-        self.prep, self.config = prep, config
-        self.demo = config.stage("demo")
+    def __init__(self, prep, demo: DemoConfig, eval_samples: int):
+        self.prep, self.demo, self.eval_samples = prep, demo, eval_samples
 
     def __call__(self, policy, x: int) -> dict:
         p = self.prep
-        stats, _, _ = evaluate(policy, p.sft, p.rm, p.tokenizer, reviews.POOL, self.config.eval_samples, self.demo,
-                               self.SEED)
+        stats, _, _ = evaluate(policy, p.sft, p.rm, p.tokenizer, reviews.POOL, self.eval_samples, self.demo, self.SEED)
         return point(x, stats)
 
     def best_of_n(self, n: int) -> dict:
         p = self.prep
-        s = best_of_n(p.sft, p.rm, p.tokenizer, reviews.POOL, self.config.eval_samples, n,
-                      self.demo.ppo.max_new_tokens, seed=self.SEED)
+        s = best_of_n(p.sft, p.rm, p.tokenizer, reviews.POOL, self.eval_samples, n, self.demo.ppo.max_new_tokens,
+                      seed=self.SEED)
         return point(n, {"reward": sum(s.rewards) / len(s.rewards), "kl": s.kl[0],
                          "distinct_2": distinct_n(s.responses, 2), **judge_stats(s.prompts, s.responses)})
 
@@ -222,7 +220,7 @@ def run_compare(out_dir="runs/compare", config: CompareConfig = CompareConfig(),
     t_start = time.time()
     prep = prepare(out, config.stage("demo"), show_progress)        # sft/ and reward/, as the demo makes them
     save_json(out / "compare_config.json", asdict(config))
-    evaluator = Evaluator(prep, config)
+    evaluator = Evaluator(prep, config.stage("demo"), config.eval_samples)
     results = {}
     for name in config.method_list():
         results[name] = run_method(name, out, config, prep, evaluator, prep.stages.hashes["reward"], show_progress)
