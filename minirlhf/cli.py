@@ -137,31 +137,16 @@ def cmd_reward(args, overrides):
 
 # ---------------------------------------------------------------- the offline trainers: DPO, RRHF, SFT
 
-def cmd_dpo(args, overrides):
-    from .data import load_pairs
-    from .dpo import train_dpo
+def cmd_offline(args, overrides):
+    """dpo, rrhf, sft: load --data (pairs, rankings, demonstrations), train from --init, save to --out."""
+    import importlib
+
+    from . import data
+    load = {"dpo": data.load_pairs, "rrhf": data.load_rankings, "sft": data.load_demonstrations}[args.command]
+    train = getattr(importlib.import_module(f".{args.command}", __package__), f"train_{args.command}")
     config = _config_from_args(args, overrides)
-    pairs = load_pairs(args.data)
-    train_dpo(pairs, args.init, args.out, config, resume=args.resume, overwrite=args.overwrite)
-    _done(f"saved DPO policy to {args.out}")
-
-
-def cmd_rrhf(args, overrides):
-    from .data import load_rankings
-    from .rrhf import train_rrhf
-    config = _config_from_args(args, overrides)
-    rankings = load_rankings(args.data)
-    train_rrhf(rankings, args.init, args.out, config, resume=args.resume, overwrite=args.overwrite)
-    _done(f"saved RRHF policy to {args.out}")
-
-
-def cmd_sft(args, overrides):
-    from .data import load_demonstrations
-    from .sft import train_sft
-    config = _config_from_args(args, overrides)
-    demonstrations = load_demonstrations(args.data)
-    train_sft(demonstrations, args.init, args.out, config, resume=args.resume, overwrite=args.overwrite)
-    _done(f"saved SFT policy to {args.out}")
+    train(load(args.data), args.init, args.out, config, resume=args.resume, overwrite=args.overwrite)
+    _done(f"saved {args.command.upper()} policy to {args.out}")
 
 
 def _recipe_config(args, overrides, config):
@@ -270,21 +255,21 @@ def build_parser() -> argparse.ArgumentParser:
                          DPOConfig)
     p.add_argument("--data", required=True, help="a .jsonl file of pairs {prompt, chosen, rejected}")
     p.add_argument("--init", required=True, help="the pretrained policy directory (also the frozen reference)")
-    p.set_defaults(fn=cmd_dpo)
+    p.set_defaults(fn=cmd_offline)
 
     from .rrhf import RRHFConfig
     p = _training_parser(sub, "rrhf", "train a policy on ranked responses with RRHF (ranking loss + SFT on the best)",
                          RRHFConfig)
     p.add_argument("--data", required=True, help="a .jsonl file of rankings {query, responses, scores[, sources]}")
     p.add_argument("--init", required=True, help="the pretrained policy directory")
-    p.set_defaults(fn=cmd_rrhf)
+    p.set_defaults(fn=cmd_offline)
 
     from .sft import SFTConfig
     p = _training_parser(sub, "sft", "fine-tune a policy on {prompt, response} demonstrations (loss on the "
                          "response tokens only)", SFTConfig)
     p.add_argument("--data", required=True, help='a .jsonl file of {"prompt": ..., "response": ...} lines')
     p.add_argument("--init", required=True, help="the pretrained policy directory")
-    p.set_defaults(fn=cmd_sft)
+    p.set_defaults(fn=cmd_offline)
 
     from .recipes.sentiment_zh import DemoConfig
     from .recipes.compare import CompareConfig

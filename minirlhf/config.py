@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import inspect
 import types
 import typing
@@ -94,10 +95,14 @@ def _keys(config) -> list[str]:
 
 
 def _suggest(config, name: str) -> str:
-    """' (did you mean ppo.kl_coef?)' when `name` is a field of exactly one nested group."""
+    """' (did you mean ppo.kl_coef?)' when `name` is a field of exactly one nested group, or
+    ' (did you mean n_layer?)' when it is one typo away from a field."""
     groups = [f.name for f in dataclasses.fields(config) if dataclasses.is_dataclass(getattr(config, f.name))
               and name in {g.name for g in dataclasses.fields(getattr(config, f.name))}]
-    return f" (did you mean {groups[0]}.{name}?)" if len(groups) == 1 else ""
+    if len(groups) == 1:
+        return f" (did you mean {groups[0]}.{name}?)"
+    close = difflib.get_close_matches(name, [f.name for f in dataclasses.fields(config)], n=1, cutoff=0.8)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def from_dict(cls, data: dict):
@@ -109,6 +114,44 @@ def from_dict(cls, data: dict):
             typ = hints[f.name]
             kwargs[f.name] = from_dict(typ, data[f.name]) if dataclasses.is_dataclass(typ) else data[f.name]
     return cls(**kwargs)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """The fields every step-based trainer shares (pretraining, reward models, DPO, RRHF, SFT); each trainer's
+    config subclasses it, redeclaring a field where its default or meaning differs."""
+    steps: int = 200
+    """Optimizer steps (--steps). The data are reshuffled each epoch of len(train)/batch_size steps."""
+    batch_size: int = 16
+    """Examples per step."""
+    lr: float = 1e-4
+    """Peak learning rate (AdamW)."""
+    warmup_steps: int = 10
+    """Linear warm-up steps."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at lr·min_lr_ratio."""
+    weight_decay: float = 0.0
+    """AdamW weight decay on matrices."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip (0 disables)."""
+    val_fraction: float = 0.1
+    """Share of examples held out for validation."""
+    eval_every: int = 50
+    """Steps between validation passes (and at the last step)."""
+    eval_batch_size: int = 64
+    """Examples per forward in validation."""
+    seed: int = 0
+    """Seed for initialisation, the split and the data order."""
+    device: str = "cpu"
+    """cpu or cuda (bf16 autocast)."""
+    save_every: int = 0
+    """Steps between resumable checkpoints (0: only at the end)."""
+
+    def __post_init__(self):
+        validate(self, positive=("steps", "batch_size", "lr", "eval_every", "eval_batch_size"),
+                 non_negative=("warmup_steps", "min_lr_ratio", "weight_decay", "grad_clip", "save_every"))
+        if not 0 <= self.val_fraction < 1:
+            raise InputError(f"--val_fraction must be in [0, 1), got {self.val_fraction}")
 
 
 def validate(config, positive=(), non_negative=(), unit_interval=(), choices: dict | None = None):

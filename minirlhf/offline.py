@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .config import validate
+from .config import TrainConfig, validate
 from .data import train_val_split
 from .errors import InputError
 from .model import GPT
@@ -43,42 +43,21 @@ from .tracking import check_finite
 
 
 @dataclass
-class OfflineConfig:
-    steps: int = 200
-    """Optimizer steps (--steps). Examples are reshuffled each epoch of len(train)/batch_size steps."""
+class OfflineConfig(TrainConfig):
+    """What the offline trainers add to config.TrainConfig (the step, optimiser and run fields)."""
     batch_size: int = 16
     """Examples per step (a DPO pair, an RRHF query with all its responses, an SFT demonstration)."""
-    lr: float = 1e-4
-    """Peak learning rate (AdamW)."""
-    warmup_steps: int = 10
-    """Linear warm-up steps."""
-    min_lr_ratio: float = 0.1
-    """Cosine decay ends at lr·min_lr_ratio."""
-    weight_decay: float = 0.0
-    """AdamW weight decay on matrices."""
-    grad_clip: float = 1.0
-    """Global gradient-norm clip (0 disables)."""
     max_len: int = 0
     """Longest prompt ⊕ response in tokens; longer ones lose the prompt's start first, then the response's
     end (responses.join). 0: the model's block_size."""
-    val_fraction: float = 0.1
-    """Share of examples held out for the val/* metrics."""
-    eval_every: int = 50
-    """Steps between validation passes (and at the last step)."""
     eval_batch_size: int = 64
     """Examples per forward in validation (and when DPO precomputes the reference)."""
     seed: int = 0
     """Seed for the split and the data order."""
-    device: str = "cpu"
-    """cpu or cuda (bf16 autocast)."""
-    save_every: int = 0
-    """Steps between resumable checkpoints (0: only at the end)."""
 
     def __post_init__(self):
-        validate(self, positive=("steps", "batch_size", "lr", "eval_every", "eval_batch_size"),
-                 non_negative=("warmup_steps", "min_lr_ratio", "weight_decay", "grad_clip", "max_len", "save_every"))
-        if not 0 <= self.val_fraction < 1:
-            raise InputError(f"--val_fraction must be in [0, 1), got {self.val_fraction}")
+        super().__post_init__()
+        validate(self, non_negative=("max_len",))
 
 
 class Objective:

@@ -31,6 +31,11 @@ def plot_metrics(rows: list[dict], keys: list[str], path, x_key: str = "step", t
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
+    return save_figure(fig, path, title)
+
+
+def save_figure(fig, path, title: str = "") -> Path:
+    """Title, tight layout, and a PNG at `path` (its folder made if needed)."""
     if title:
         fig.suptitle(title)
     fig.tight_layout()

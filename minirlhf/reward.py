@@ -52,7 +52,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import save_json
-from .config import validate
+from .config import TrainConfig, validate
 from .data import Pair, Ranking, train_val_split
 from .errors import InputError
 from .losses import best_of_k_loss, pairwise_loss, plackett_luce_loss, ranking_loss, sigmoid_rank_loss
@@ -73,7 +73,8 @@ SIGMOID_RANK_WARNING = ("--loss sigmoid_rank is the original Chinese rank-list e
 
 
 @dataclass
-class RewardConfig:
+class RewardConfig(TrainConfig):
+    """The reward model's fields; the step, optimiser and run fields are config.TrainConfig's."""
     loss: str = "auto"
     """pairwise (Stiennon 2020), ranking (InstructGPT: all K-choose-2 pairs), plackett_luce (NLL of the
     whole ranking), best_of_k (Ziegler 2019: softmax over K, best = rank 0), sigmoid_rank (-σ over the same
@@ -87,26 +88,12 @@ class RewardConfig:
     """Prompts per step; each brings all its K responses, so one forward sees Σ K sequences."""
     lr: float = 3e-4
     """Peak learning rate (AdamW)."""
-    warmup_steps: int = 10
-    """Linear warm-up steps."""
-    min_lr_ratio: float = 0.1
-    """Cosine decay ends at lr·min_lr_ratio."""
-    weight_decay: float = 0.0
-    """AdamW weight decay on matrices."""
-    grad_clip: float = 1.0
-    """Global gradient-norm clip (0 disables)."""
     val_fraction: float = 0.1
     """Share of examples (prompts) held out for validation loss and accuracies."""
-    eval_every: int = 50
-    """Steps between validation passes (and at the last step)."""
     eval_batch_size: int = 64
     """Prompts per forward in validation; sequences per forward when scoring the normalisation set."""
     seed: int = 0
     """Seed for the head's initialisation, the split, data order and the normalisation samples."""
-    device: str = "cpu"
-    """cpu or cuda (bf16 autocast)."""
-    save_every: int = 0
-    """Steps between resumable checkpoints (0: only at the end)."""
     max_len: int = 0
     """Longest sequence in tokens, [bos] and [eos] included; longer ones keep their start. 0: block_size."""
     normalize: bool = True
@@ -119,13 +106,8 @@ class RewardConfig:
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise InputError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        for name in ("steps", "batch_size", "eval_every", "eval_batch_size", "norm_samples", "norm_max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise InputError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        validate(self, positive=("lr",), non_negative=("warmup_steps", "min_lr_ratio", "weight_decay", "grad_clip",
-                                                       "save_every", "max_len"))
-        if not 0 <= self.val_fraction < 1:
-            raise InputError(f"--val_fraction must be in [0, 1), got {self.val_fraction}")
+        super().__post_init__()
+        validate(self, positive=("norm_samples", "norm_max_new_tokens"), non_negative=("max_len",))
 
 
 @dataclass

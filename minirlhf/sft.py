@@ -35,7 +35,7 @@ from .offline import Objective, OfflineConfig, train_offline
 from .ops import masked_mean
 from .responses import ResponseBatch, collate_responses, encode_prompt_responses, token_logps
 from .optim import clip_grad, lr_at, make_adamw, set_lr
-from .config import validate
+from .config import TrainConfig, validate
 from .errors import InputError
 from .runtime import (autocast, average_gradients, init_distributed, is_main_process, mean_across_ranks,
                       rank_seed, resolve_device, seed_everything, sync_params)
@@ -45,7 +45,8 @@ from .tracking import check_finite
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(TrainConfig):
+    """Pretraining's fields; the step, optimiser and run fields are config.TrainConfig's."""
     vocab_size: int = 3000
     """Tokenizer vocabulary size when a tokenizer is trained here (ignored when one is given)."""
     tokenizer_kind: str = "char"
@@ -68,30 +69,19 @@ class PretrainConfig:
     """Peak learning rate (AdamW)."""
     warmup_steps: int = 30
     """Linear warm-up steps."""
-    min_lr_ratio: float = 0.1
-    """Cosine decay ends at lr·min_lr_ratio."""
     weight_decay: float = 0.1
     """AdamW weight decay on matrices."""
-    grad_clip: float = 1.0
-    """Global gradient-norm clip (0 disables)."""
     val_fraction: float = 0.05
     """Share of texts held out for the validation loss."""
     eval_every: int = 100
     """Steps between validation losses (and at the last step)."""
-    seed: int = 0
-    """Seed for initialisation, data order and the split."""
-    device: str = "cpu"
-    """cpu or cuda (bf16 autocast)."""
-    save_every: int = 0
-    """Steps between resumable checkpoints (0: only at the end)."""
     compile: bool = False
     """Opt-in torch.compile of the training forward (worth it on a GPU for larger models: GPT-2 124M
     went from 32% to 38% MFU on an H100, benchmarks/RESULTS.md; the first steps pay the compile time)."""
 
     def __post_init__(self):
-        validate(self, positive=("vocab_size", "n_layer", "n_head", "n_embd", "steps", "batch_size", "lr",
-                                 "eval_every"),
-                 non_negative=("warmup_steps", "min_lr_ratio", "weight_decay", "grad_clip", "save_every"),
+        super().__post_init__()
+        validate(self, positive=("vocab_size", "n_layer", "n_head", "n_embd"),
                  choices={"tokenizer_kind": ("char", "bpe")})
         if self.vocab_size < 260:
             raise InputError(f"--vocab_size must be at least 260 (3 special and 256 byte tokens come first), "
@@ -100,9 +90,8 @@ class PretrainConfig:
             raise InputError(f"--n_embd={self.n_embd} must be divisible by --n_head={self.n_head}")
         if self.block_size < 2:
             raise InputError(f"--block_size must be at least 2, got {self.block_size}")
-        if not 0 <= self.dropout < 1 or not 0 <= self.val_fraction < 1:
-            raise InputError(f"--dropout and --val_fraction must be in [0, 1), got {self.dropout} and "
-                             f"{self.val_fraction}")
+        if not 0 <= self.dropout < 1:
+            raise InputError(f"--dropout must be in [0, 1), got {self.dropout}")
 
 
 def collate(docs: list[list[int]], pad_id: int) -> torch.Tensor:
@@ -185,7 +174,7 @@ def pretrain(texts: list[str], out_dir, config: PretrainConfig, tokenizer: Token
         check_finite(row, step + 1, ["train/loss", "train/grad_norm"])  # before the step: no NaN update
         optimizer.step()
         if val_docs and is_main_process() and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps):
-            row["val/loss"] = evaluate_loss(model, val_docs, tokenizer.pad_id, device)
+            row["val/loss"] = evaluate_loss(model, val_docs, tokenizer.pad_id, device, config.eval_batch_size)
         run.log(row, loss=f"{row['train/loss']:.3f}")
         run.maybe_checkpoint(step + 1)
     model.eval()

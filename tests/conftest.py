@@ -67,3 +67,41 @@ def write_tiny_policy(directory, texts=("abcd q:?",), n_layer=2, n_embd=32, bloc
     cfg = GPTConfig(vocab_size=tok.vocab_size, n_layer=n_layer, n_head=2, n_embd=n_embd, block_size=block_size)
     GPT(cfg).save_pretrained(directory, tok)
     return tok
+
+
+def check_online_resume(train, dirs, prompts, config):
+    """An online run (train_ppo / train_grpo) killed at iteration 3 and resumed from its checkpoint ends with
+    the metrics (timings aside) and the weights of the same run never stopped."""
+    import json
+    full = train(prompts, dirs / "sft", dirs / "reward", dirs / "full", config, show_progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def die_at_3(trainer, row):
+        if row["iteration"] == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(prompts, dirs / "sft", dirs / "reward", dirs / "broken", config, show_progress=False,
+              on_iteration=die_at_3)
+    resumed = train(prompts, dirs / "sft", dirs / "reward", dirs / "broken", config, resume=True, show_progress=False)
+    read = lambda d: [{k: v for k, v in json.loads(x).items() if not k.startswith("time/")}  # noqa: E731
+                      for x in (dirs / d / "metrics.jsonl").read_text().splitlines()]
+    assert read("broken") == read("full")
+    for p1, p2 in zip(full.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(p1, p2)
+
+
+@pytest.fixture(scope="module")
+def init_dir(tmp_path_factory):
+    """A random tiny GPT-2 and its char tokenizer: the --init of the offline trainers' tests."""
+    d = tmp_path_factory.mktemp("init")
+    write_tiny_policy(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def tok(init_dir):
+    from minirlhf import Tokenizer
+    return Tokenizer.from_file(init_dir / "tokenizer.json")

@@ -11,26 +11,14 @@ import random
 
 import pytest
 import torch
-from conftest import interrupt_run_at, write_tiny_policy
+from conftest import interrupt_run_at
 
-from minirlhf import GPT, Tokenizer
+from minirlhf import GPT
 from minirlhf.data import Pair
 from minirlhf.dpo import DPOConfig, encode_pairs, pair_logps, train_dpo
 from minirlhf.errors import InputError
 
 FAST = dict(batch_size=16, lr=1e-3, warmup_steps=0, eval_every=100)
-
-
-@pytest.fixture(scope="module")
-def init_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("init")
-    write_tiny_policy(d)
-    return d
-
-
-@pytest.fixture(scope="module")
-def tok(init_dir):
-    return Tokenizer.from_file(init_dir / "tokenizer.json")
 
 
 def letters(rng, alphabet):

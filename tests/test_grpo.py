@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from conftest import write_tiny_rl_dirs
+from conftest import check_online_resume, write_tiny_rl_dirs
 
 from minirlhf import GPT, GPTConfig
 from minirlhf.advantages import kl_penalty
@@ -170,23 +170,4 @@ def test_cli_refuses_a_group_of_one(dirs):
 def test_interrupted_then_resumed_run_matches_an_unbroken_one(dirs):
     cfg = RLOOConfig(iterations=4, save_every=2, batch_size=8, group_size=4, num_minibatches=2, max_new_tokens=6,
                      seed=3)
-    prompts = ["刚收到货，感觉", "这部电影很"]
-    full = train_grpo(prompts, dirs / "sft", dirs / "reward", dirs / "full", cfg, show_progress=False)
-
-    class Killed(Exception):
-        pass
-
-    def die_at_3(trainer, row):
-        if row["iteration"] == 3:
-            raise Killed
-
-    with pytest.raises(Killed):
-        train_grpo(prompts, dirs / "sft", dirs / "reward", dirs / "broken", cfg, show_progress=False,
-                   on_iteration=die_at_3)
-    resumed = train_grpo(prompts, dirs / "sft", dirs / "reward", dirs / "broken", cfg, resume=True,
-                         show_progress=False)
-    read = lambda d: [{k: v for k, v in json.loads(x).items() if not k.startswith("time/")}  # noqa: E731
-                      for x in (dirs / d / "metrics.jsonl").read_text().splitlines()]
-    assert read("broken") == read("full")
-    for p1, p2 in zip(full.model.parameters(), resumed.model.parameters()):
-        assert torch.equal(p1, p2)
+    check_online_resume(train_grpo, dirs, ["刚收到货，感觉", "这部电影很"], cfg)

@@ -4,8 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import write_tiny_rl_dirs
-import torch
+from conftest import check_online_resume, write_tiny_rl_dirs
 
 from minirlhf import GPT, Tokenizer, ValueHead
 from minirlhf.ppo import PPOConfig
@@ -46,29 +45,7 @@ def test_cli_rejects_a_bad_prompt_file(dirs):
     assert not (dirs / "never").exists()
 
 
-def _strip_time(rows):
-    return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]
-
-
 def test_interrupted_then_resumed_run_matches_an_unbroken_one(dirs):
     cfg = PPOConfig(iterations=4, save_every=2, batch_size=8, num_minibatches=2, ppo_epochs=1, max_new_tokens=6,
                     seed=3, adaptive_kl=True, kl_target=0.5, kl_horizon=50)
-    prompts = ["刚收到货，感觉", "这部电影很"]
-    full = train_ppo(prompts, dirs / "sft", dirs / "reward", dirs / "full", cfg, show_progress=False)
-
-    class Killed(Exception):
-        pass
-
-    def die_at_3(trainer, row):
-        if row["iteration"] == 3:
-            raise Killed
-
-    with pytest.raises(Killed):
-        train_ppo(prompts, dirs / "sft", dirs / "reward", dirs / "broken", cfg, show_progress=False,
-                  on_iteration=die_at_3)
-    resumed = train_ppo(prompts, dirs / "sft", dirs / "reward", dirs / "broken", cfg, resume=True,
-                        show_progress=False)
-    read = lambda d: [json.loads(x) for x in (dirs / d / "metrics.jsonl").read_text().splitlines()]
-    assert _strip_time(read("broken")) == _strip_time(read("full"))
-    for p1, p2 in zip(full.model.parameters(), resumed.model.parameters()):
-        assert torch.equal(p1, p2)
+    check_online_resume(train_ppo, dirs, ["刚收到货，感觉", "这部电影很"], cfg)

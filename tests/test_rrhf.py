@@ -9,27 +9,15 @@ import warnings
 
 import pytest
 import torch
-from conftest import interrupt_run_at, write_tiny_policy
+from conftest import interrupt_run_at
 
-from minirlhf import GPT, Tokenizer
+from minirlhf import GPT
 from minirlhf.data import Ranking
 from minirlhf.errors import InputError
 from minirlhf.offline import evaluate
 from minirlhf.ranks import scores_to_ranks
 from minirlhf.reward_eval import pair_stats
 from minirlhf.rrhf import RRHF, RRHFConfig, group_rows, pair_accuracy, select_responses, train_rrhf
-
-
-@pytest.fixture(scope="module")
-def init_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("init")
-    write_tiny_policy(d)
-    return d
-
-
-@pytest.fixture(scope="module")
-def tok(init_dir):
-    return Tokenizer.from_file(init_dir / "tokenizer.json")
 
 
 def a_share_rankings(n, seed, k_range=(2, 4)):

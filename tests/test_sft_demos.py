@@ -10,26 +10,13 @@ import json
 
 import pytest
 import torch
-from conftest import write_tiny_policy
 
-from minirlhf import GPT, Tokenizer
+from minirlhf import GPT
 from minirlhf.data import Demonstration
 from minirlhf.responses import collate_responses, encode_prompt_responses
 from minirlhf.sft import SFTConfig, response_nll, train_sft
 
 DEMOS = [Demonstration("q:dddd", "ab"), Demonstration("q:", "abab"), Demonstration("q:cc?", "a")]
-
-
-@pytest.fixture(scope="module")
-def init_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("init")
-    write_tiny_policy(d)
-    return d
-
-
-@pytest.fixture(scope="module")
-def tok(init_dir):
-    return Tokenizer.from_file(init_dir / "tokenizer.json")
 
 
 def batch_of(tok, demos):

@@ -34,7 +34,7 @@ from ..dpo import DPOConfig, train_dpo
 from ..errors import InputError
 from ..evaluation import best_of_n, distinct_n
 from ..grpo import GRPOConfig, RLOOConfig, train_grpo
-from ..plots import _figure
+from ..plots import _figure, save_figure
 from ..ppo import train_ppo
 from ..responses import make_preferences
 from ..rrhf import RRHFConfig, train_rrhf
@@ -266,11 +266,7 @@ def plot_frontier(results: dict, path):
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("One task, one reference, one reward model: the reward–KL frontier")
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return Path(path)
+    return save_figure(fig, path, "One task, one reference, one reward model: the reward–KL frontier")
 
 
 def print_compare(report: dict, out) -> None:

@@ -25,7 +25,7 @@ import torch
 from ..checkpoint import save_json
 from ..config import validate
 from ..errors import InputError
-from ..plots import _figure
+from ..plots import _figure, save_figure
 from ..ppo import train_ppo
 from . import reviews
 from .compare import Evaluator
@@ -124,11 +124,7 @@ def plot_overoptimization(curve: list[dict], fits: dict, path):
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("Over-optimisation: the proxy climbs; does the gold?")
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return Path(path)
+    return save_figure(fig, path, "Over-optimisation: the proxy climbs; does the gold?")
 
 
 def print_overoptimization(report: dict, out) -> None:
