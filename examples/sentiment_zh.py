@@ -17,7 +17,8 @@ first few dozen characters.
 import argparse
 from dataclasses import replace
 
-from minirlhf.recipes.sentiment_zh import DemoConfig, print_report, quick_config, run_demo
+from minirlhf.recipes.demo_report import print_report
+from minirlhf.recipes.sentiment_zh import DemoConfig, quick_config, run_demo
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--quick", action="store_true")

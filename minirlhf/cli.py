@@ -157,7 +157,8 @@ def _recipe_config(args, overrides, config):
 
 
 def cmd_demo(args, overrides):
-    from .recipes.sentiment_zh import DemoConfig, print_report, quick_config, run_demo
+    from .recipes.demo_report import print_report
+    from .recipes.sentiment_zh import DemoConfig, quick_config, run_demo
     config = _recipe_config(args, overrides, quick_config() if args.quick else DemoConfig())
     out = args.out or ("runs/demo-quick" if args.quick else "runs/demo")
     print_report(run_demo(out, config), out)
@@ -178,7 +179,8 @@ def cmd_overopt(args, overrides):
 
 
 def cmd_evaluate(args, overrides):
-    from .recipes.sentiment_zh import evaluate_saved_run, print_report
+    from .recipes.demo_report import print_report
+    from .recipes.sentiment_zh import evaluate_saved_run
     if overrides:
         raise InputError(f"evaluate takes no --key=value overrides, got {overrides[0]!r}")
     print_report(evaluate_saved_run(args.run), args.run)

@@ -39,7 +39,9 @@ from ..ppo import train_ppo
 from ..responses import make_preferences
 from ..rrhf import RRHFConfig, train_rrhf
 from . import reviews
-from .sentiment_zh import DemoConfig, evaluate, judge_stats, mark_done, prepare, quick_config, stage_digest
+from .demo_report import evaluate, judge_stats
+from .sentiment_zh import DemoConfig, prepare, quick_config
+from .stages import mark_done, stage_digest
 
 METHODS = ("ppo", "grpo", "rloo", "dpo", "rrhf", "best_of_n")
 

@@ -1,0 +1,123 @@
+"""The demo's before/after evaluation: the reward model's score, KL to the reference, distinct-2, and snownlp's
+independent judge, on the prompt pool and on held-out review openings; report.json, samples.md and plots/.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..checkpoint import load_json
+from ..evaluation import sample_and_score, score_texts, summary
+from ..model import RewardModel
+from ..plots import plot_run
+from . import reviews
+
+if TYPE_CHECKING:
+    from .sentiment_zh import DemoConfig
+
+
+def judge_stats(prompts: list[str], responses: list[str]) -> dict:
+    """snownlp's judge on prompt + response, and on the response alone (stricter: the prompt's words don't count)."""
+    judged = reviews.judge_positive([p + r for p, r in zip(prompts, responses)])
+    judged_response = reviews.judge_positive(responses)
+    rate = lambda js: sum(j > 0.5 for j in js) / len(js)  # noqa: E731
+    return {"judge_positive_rate": rate(judged), "judge_positive_rate_response": rate(judged_response),
+            "judge_mean": sum(judged) / len(judged), "judged": judged}
+
+
+def evaluate(policy, ref, reward, tokenizer, prompts, n, config, seed):
+    s = sample_and_score(policy, ref, reward, tokenizer, prompts, n, config.ppo.max_new_tokens, seed=seed)
+    judge = judge_stats(s.prompts, s.responses)
+    judged = judge.pop("judged")
+    return summary(s) | judge, s, judged
+
+
+@torch.no_grad()
+def reward_accuracy(reward_dir, tokenizer, data, config, device) -> dict:
+    """Held-out (test split) pairwise accuracy: P[r(pos) > r(neg)] over aligned test pairs."""
+    rm = RewardModel.from_pretrained(reward_dir).to(device).eval()
+    n = min(len(data.test_pos), len(data.test_neg))
+    score = lambda texts: score_texts(rm, tokenizer, [t[:config.max_chars] for t in texts[:n]])  # noqa: E731
+    pos, neg = score(data.test_pos), score(data.test_neg)
+    return {"test_pairs": n, "test_accuracy": (pos > neg).float().mean().item()}
+
+
+def evaluate_run(out: Path, config: DemoConfig, data, tokenizer, sft, policy, rm) -> dict:
+    """Before (sft) vs after (policy) on the pool and on held-out prompts; samples.md and plots/."""
+    heldout = reviews.opening_prompts(data.test_pos + data.test_neg, config.heldout_prompts, config.seed)
+    res = {}
+    for name, model in (("before", sft), ("after", policy)):
+        res[name, "pool"] = evaluate(model, sft, rm, tokenizer, reviews.POOL, config.eval_samples, config, 10_000)
+        res[name, "heldout"] = evaluate(model, sft, rm, tokenizer, heldout, config.heldout_samples, config, 20_000)
+    pick = lambda split, key: {w: round(res[w, split][0][key], 4) for w in ("before", "after")}  # noqa: E731
+    report = {
+        "judge_positive_rate": pick("pool", "judge_positive_rate"),
+        "reward": pick("pool", "reward"),
+        "kl": {"after": round(res["after", "pool"][0]["kl"], 4)},
+        "distinct_2": pick("pool", "distinct_2"),
+        "heldout": {"prompts": heldout, "judge_positive_rate": pick("heldout", "judge_positive_rate"),
+                    "judge_positive_rate_response": pick("heldout", "judge_positive_rate_response"),
+                    "reward": pick("heldout", "reward"), "kl": {"after": round(res["after", "heldout"][0]["kl"], 4)},
+                    "distinct_2": pick("heldout", "distinct_2")},
+        "judge_positive_rate_response": pick("pool", "judge_positive_rate_response"),
+        "judge_mean": pick("pool", "judge_mean"),
+        "reward_model": load_json(out / "reward" / "test_accuracy.json"),
+        "judge": "snownlp SnowNLP(prompt + response).sentiments > 0.5 (_response: the response alone)",
+        "config": asdict(config),
+    }
+    write_samples(out / "samples.md", res, reviews.POOL + heldout[:4])
+    write_plots(out)
+    return report
+
+
+def write_samples(path: Path, res: dict, prompts: list[str], per_prompt: int = 3):
+    lines = ["# Samples before and after PPO", "",
+             "Same prompts; `judge` is snownlp's positive probability of prompt + response, `r` the reward model.", "",
+             "| prompt | before | after |", "| --- | --- | --- |"]
+    for prompt in prompts:
+        cells = []
+        for when in ("before", "after"):
+            items = []
+            for split in ("pool", "heldout"):
+                stats, s, judged = res[when, split]
+                items += [f"{r.replace('|', '｜')} (judge {j:.2f}, r {x:+.2f})"
+                          for p, r, j, x in zip(s.prompts, s.responses, judged, s.rewards) if p == prompt]
+            cells.append("<br>".join(items[:per_prompt]))
+        lines.append(f"| {prompt} | {cells[0]} | {cells[1]} |")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def write_plots(out: Path):
+    rows = [json.loads(x) for x in (out / "policy" / "metrics.jsonl").read_text().splitlines()]
+    curve_path = out / "policy" / "judge_curve.jsonl"
+    curve = [json.loads(x) for x in curve_path.read_text().splitlines()] if curve_path.exists() else []
+    by_it = {r["iteration"]: dict(r) for r in rows}
+    for c in curve:
+        by_it.setdefault(c["iteration"], {"iteration": c["iteration"]}).update(c)
+    merged = [by_it[k] for k in sorted(by_it)]
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in merged))
+    plot_run(out, merged)  # what `minirlhf plot --run` draws; sft/plots and reward/plots hold the stages' own
+
+
+def print_report(report: dict, out) -> None:
+    """The closing summary: before/after figures and the per-stage timing table."""
+    j, h = report["judge_positive_rate"], report["heldout"]["judge_positive_rate"]
+    print(f"\nrun directory: {out}")
+    if report.get("config", {}).get("quick"):
+        print("--quick is a toy-size smoke test: its numbers mean nothing; run `minirlhf demo` for the real figures")
+    print(f"judge positive rate (pool)     {j['before']:.3f} -> {j['after']:.3f}")
+    print(f"judge positive rate (held-out) {h['before']:.3f} -> {h['after']:.3f}")
+    jr = report["judge_positive_rate_response"]
+    print(f"  response alone (pool)        {jr['before']:.3f} -> {jr['after']:.3f}")
+    print(f"reward (pool)                  {report['reward']['before']:+.3f} -> {report['reward']['after']:+.3f}")
+    print(f"distinct-2 (pool)              {report['distinct_2']['before']:.3f} -> {report['distinct_2']['after']:.3f}")
+    print(f"KL to reference (pool, nats)   {report['kl']['after']:.3f}")
+    print(f"reward model test accuracy     {report['reward_model']['test_accuracy']:.3f}")
+    if report.get("seconds"):
+        print("\nstage        seconds")
+        for k, v in report["seconds"].items():
+            print(f"{k:<12} {v:>7.1f}")

@@ -1,0 +1,65 @@
+"""Cached stages of a recipe's run directory: a stage is re-used while its settings, and every earlier stage's,
+are unchanged; otherwise it runs again, and says why in one line.
+
+Each stage directory holds a `stage.json` with the hash of its settings chained onto the hash of the stage
+before it, the seconds it took and the settings themselves (to name what changed). The demo, the comparison and
+the over-optimisation run all build on this.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from ..checkpoint import load_json, save_json
+
+
+def stage_digest(upstream: str, part) -> str:
+    """A stage's hash: its settings on top of the stage before it (so a change re-runs every later stage)."""
+    return hashlib.sha256((upstream + json.dumps(part, sort_keys=True)).encode()).hexdigest()[:16]
+
+
+def is_done(stage_dir: Path, digest: str) -> bool:
+    marker = stage_dir / "stage.json"
+    return marker.is_file() and load_json(marker).get("hash") == digest
+
+
+def mark_done(stage_dir: Path, digest: str, seconds: float, settings: dict):
+    save_json(stage_dir / "stage.json", {"hash": digest, "seconds": seconds, "settings": settings})
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """{"ppo": {"kl_coef": 0.3}} -> {"ppo.kl_coef": 0.3}"""
+    return {k2: v2 for k, v in d.items()
+            for k2, v2 in (_flat(v, f"{prefix}{k}.").items() if isinstance(v, dict) else [(f"{prefix}{k}", v)])}
+
+
+def stage_note(stage_dir: Path, settings: dict, earlier_rerun: str | None) -> str:
+    """Why a stage that is not done runs: first time, its settings changed (which), or an earlier stage re-ran."""
+    name, marker = f"{stage_dir.name}/", stage_dir / "stage.json"
+    if not marker.is_file():
+        return f"training {name}" + (" (replacing an unfinished one)" if stage_dir.exists() else "")
+    old, new = _flat(load_json(marker).get("settings", {})), _flat(settings)
+    changed = [f"{k}={old.get(k)!r} -> {new[k]!r}" for k in sorted(new) if old and old.get(k) != new[k]]
+    if changed:
+        return f"re-training {name} (settings changed: {', '.join(changed)})"
+    return f"re-training {name} (" + (f"{earlier_rerun}/ re-ran, so its input changed)" if earlier_rerun
+                                      else "settings changed)")
+
+
+class Stages:
+    """Which stages of a run directory are reused and which run, and why (one line each)."""
+
+    def __init__(self, hashes: dict, settings: dict):
+        self.hashes, self.settings, self.reran = hashes, settings, []
+
+    def must_run(self, stage_dir: Path, digest: str | None = None, settings: dict | None = None) -> bool:
+        """Say whether a stage is reused (its settings and every earlier stage's unchanged) or why it runs."""
+        stage = stage_dir.name
+        if is_done(stage_dir, digest or self.hashes[stage]):
+            print(f"reusing {stage}/ (settings unchanged)", flush=True)
+            return False
+        print(stage_note(stage_dir, settings or self.settings[stage], self.reran[-1] if self.reran else None),
+              flush=True)
+        self.reran.append(stage)
+        return True
