@@ -149,10 +149,46 @@ def check_dpo_derivation(nb):
     assert has_plot(nb), "no plot shown"
 
 
+def check_rrhf_grpo_rloo_compare(nb):
+    text = text_of(nb)
+    # 1. RRHF: minirlhf's losses against plain loops and against the numbers of a run of the authors' trainer
+    assert "RRHF hand-made example: minirlhf == plain loop: True" in text
+    assert "the walk-through's 3.7421 / 1.0950 / 4.8371, within the rounding of its printed scores: True" in text
+    assert "gradient of L_rank = (mis-ordered pairs as the worse) - (as the better): True" in text
+    assert "the authors' code on 1-D rewards: -2.5" in text and "rrhf_loss on (1, K): 2.8 = plain loop: True" in text
+    assert "batch of 3 queries with a candidate mask = the mean of the per-query losses: True" in text
+    # 2. group advantages, aggregation, the loss value at ratio 1
+    assert "every scale and RLOO == plain loop: True" in text
+    assert "RLOO's advantages sum to 0 in every group: True" in text
+    assert "RLOO = G/(G-1) x (r - group mean), i.e. scale='none' x 4/3: True" in text
+    assert "prompt C (equal rewards): every advantage exactly 0 under every scale, no NaN: True" in text
+    assert "weights from autograd == the table's formulas, 0 on padding: True" in text
+    assert "loss at ratio 1 == -aggregate(A) for all three: True" in text
+    assert "prompt C (equal rewards): gradient exactly 0 on its 4 responses: True" in text
+    # 3. GRPOTrainer and RLOO on one rollout: where the KL goes, and the loss value
+    assert "GRPO: advantages from the scores alone (group_advantages), KL = k3 per token: True" in text
+    assert "RLOO: advantages from score - β Σ_t k1 (rloo_advantages), k1 per token: True" in text
+    assert "policy loss at ratio 1 = -token_mean(A), kl_loss = token_mean(k3): True" in text
+    assert "-token_mean(A) = -Cov(|y|, A) / mean|y|: True" in text
+    assert re.search(r"∂k3/∂log π = 1 - π_ref/π on every token .*: True", text)
+    assert "every iteration logged, GRPO and RLOO: True;  first-minibatch ratio exactly 1 in every iteration: True" \
+        in text
+    # 4. the comparison: every method, one start, best-of-n at its bound, the table and the figure shown
+    assert "every method in the report: True;  every trained method's curve starts at the same evaluation of sft: True" \
+        in text
+    assert "best-of-n's KL is the bound log n - (n-1)/n: True" in text
+    assert "frontier.png exists: True" in text
+    outputs = [o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])]
+    assert any("| rrhf |" in d.get("text/markdown", "") and "| best-of-" in d["text/markdown"] for d in outputs), \
+        "compare.md not shown"
+    assert sum("image/png" in d for d in outputs) >= 2, "the GRPO/RLOO curves and frontier.png are not both shown"
+
+
 CHECKS = {"exercises_rlhf.ipynb": check_exercises, "tour.ipynb": check_tour,
           "01_gpt_and_sampler.ipynb": check_gpt_and_sampler, "02_reward_models.ipynb": check_reward_models,
           "03_ppo_by_hand.ipynb": check_ppo_by_hand, "04_sentiment_rlhf.ipynb": check_sentiment_rlhf,
-          "05_dpo_derivation.ipynb": check_dpo_derivation}
+          "05_dpo_derivation.ipynb": check_dpo_derivation,
+          "06_rrhf_grpo_rloo_compare.ipynb": check_rrhf_grpo_rloo_compare}
 
 
 def test_notebooks_are_found_and_every_check_has_its_notebook():
