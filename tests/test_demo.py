@@ -34,22 +34,24 @@ def test_quick_demo_writes_the_run_directory(quick_run):
     out, r = quick_run
     report = json.loads((out / "report.json").read_text())
     for key in ("judge_positive_rate", "reward", "distinct_2"):
-        assert set(report[key]) == {"before", "after"}
+        assert set(report[key]) == {"pretrained", "before", "after"}   # before: the reference policy, after SFT
     assert "after" in report["kl"] and report["heldout"]["prompts"]
-    assert {"pretrain", "reward", "ppo", "total"} <= set(report["seconds"])
+    assert {"pretrain", "sft", "reward", "ppo", "total"} <= set(report["seconds"])
     assert report["config"]["pretrain"]["n_layer"] == 1 and 0.0 <= report["reward_model"]["test_accuracy"] <= 1.0
-    for stage in ("sft", "reward", "policy"):
+    for stage in ("pretrain", "sft", "reward", "policy"):
         assert (out / stage / "config.json").exists() and (out / stage / "model.safetensors").exists()
         assert (out / stage / "tokenizer.json").exists()
     assert (out / "reward" / "reward_head.safetensors").exists() and (out / "policy" / "value_head.safetensors").exists()
     assert (out / "tokenizer.json").exists()
     assert "刚收到货，感觉" in (out / "samples.md").read_text(encoding="utf-8")
     assert {p.name for p in (out / "plots").glob("*.png")} >= {"rlhf.png", "ppo_losses.png"}
-    assert (out / "sft" / "plots" / "lm_loss.png").exists() and (out / "reward" / "plots" / "reward_model.png").exists()
+    assert (out / "pretrain" / "plots" / "lm_loss.png").exists() and (out / "reward" / "plots" / "reward_model.png").exists()
+    assert json.loads((out / "sft" / "train_config.json").read_text())["steps"] == 10   # SFT on demonstrations
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows if "env/reward_mean" in r] == [1, 2, 3, 4]
     assert "stage" in r.stdout and "total" in r.stdout  # the timing table
-    assert r.stdout.splitlines()[:3] == ["training sft/", "training reward/", "training policy/"]
+    assert r.stdout.splitlines()[:4] == ["training pretrain/", "training sft/", "training reward/", "training policy/"]
+    assert "pretrained -> sft -> ppo" in r.stdout
     assert "--quick is a toy-size smoke test: its numbers mean nothing; run `minirlhf demo`" in r.stdout
     assert Tokenizer.from_file(out / "sft" / "tokenizer.json").tok.token_to_id("□") is not None  # the stand-in
 
@@ -58,7 +60,7 @@ def test_plot_command_draws_the_files_the_run_drew(quick_run, tmp_path):
     """One naming: `minirlhf plot --run DIR` redraws a demo directory's and each stage's plots/ under the names
     the demo and the trainers gave them."""
     out, _ = quick_run
-    expected = {out: "rlhf.png", out / "sft": "lm_loss.png", out / "reward": "reward_model.png",
+    expected = {out: "rlhf.png", out / "pretrain": "lm_loss.png", out / "reward": "reward_model.png",
                 out / "policy": "rlhf.png"}
     for run, figure in expected.items():
         copy = tmp_path / (run.name if run != out else "demo")
@@ -73,20 +75,21 @@ def test_plot_command_draws_the_files_the_run_drew(quick_run, tmp_path):
 
 def test_rerun_skips_finished_stages_and_a_changed_stage_reruns_from_there(quick_run):
     out, _ = quick_run
-    marks = {s: (out / s / "stage.json").stat().st_mtime_ns for s in ("sft", "reward", "policy")}
-    weights = {s: (out / s / "model.safetensors").read_bytes() for s in ("sft", "reward", "policy")}
+    stages = ("pretrain", "sft", "reward", "policy")
+    marks = {s: (out / s / "stage.json").stat().st_mtime_ns for s in stages}
+    weights = {s: (out / s / "model.safetensors").read_bytes() for s in stages}
     r = demo(out)
     assert {s: (out / s / "stage.json").stat().st_mtime_ns for s in marks} == marks
-    assert r.stdout.splitlines()[:3] == [f"reusing {s}/ (settings unchanged)" for s in ("sft", "reward", "policy")]
+    assert r.stdout.splitlines()[:4] == [f"reusing {s}/ (settings unchanged)" for s in stages]
     r = demo(out, "--ppo.kl_coef=0.2")  # a PPO field: pretraining and the reward model are reused
     assert (out / "sft" / "stage.json").stat().st_mtime_ns == marks["sft"]
     assert (out / "reward" / "model.safetensors").read_bytes() == weights["reward"]
     assert (out / "policy" / "stage.json").stat().st_mtime_ns != marks["policy"]
     assert json.loads((out / "report.json").read_text())["config"]["ppo"]["kl_coef"] == 0.2
-    assert r.stdout.splitlines()[:3] == ["reusing sft/ (settings unchanged)", "reusing reward/ (settings unchanged)",
-                                         "re-training policy/ (settings changed: ppo.kl_coef=0.3 -> 0.2)"]
+    assert r.stdout.splitlines()[1:4] == ["reusing sft/ (settings unchanged)", "reusing reward/ (settings unchanged)",
+                                          "re-training policy/ (settings changed: ppo.kl_coef=0.3 -> 0.2)"]
     r = demo(out, "--ppo.kl_coef=0.2", "--reward.lr=0.001")  # a reward field: the policy re-runs after it
-    assert r.stdout.splitlines()[:3] == ["reusing sft/ (settings unchanged)",
+    assert r.stdout.splitlines()[1:4] == ["reusing sft/ (settings unchanged)",
                                          "re-training reward/ (settings changed: reward.lr=0.0005 -> 0.001)",
                                          "re-training policy/ (reward/ re-ran, so its input changed)"]
 

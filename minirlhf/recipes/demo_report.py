@@ -46,14 +46,17 @@ def reward_accuracy(reward_dir, tokenizer, data, config, device) -> dict:
     return {"test_pairs": n, "test_accuracy": (pos > neg).float().mean().item()}
 
 
-def evaluate_run(out: Path, config: DemoConfig, data, tokenizer, sft, policy, rm) -> dict:
-    """Before (sft) vs after (policy) on the pool and on held-out prompts; samples.md and plots/."""
+def evaluate_run(out: Path, config: DemoConfig, data, tokenizer, sft, policy, rm, pretrained=None) -> dict:
+    """Before (the reference policy, sft) vs after (the RL policy) on the pool and on held-out prompts, and the
+    pretrained model before SFT when there is one; samples.md and plots/. KL is always to the reference."""
     heldout = reviews.opening_prompts(data.test_pos + data.test_neg, config.heldout_prompts, config.seed)
+    models = {"pretrained": pretrained, "before": sft, "after": policy}
+    models = {k: m for k, m in models.items() if m is not None}
     res = {}
-    for name, model in (("before", sft), ("after", policy)):
+    for name, model in models.items():
         res[name, "pool"] = evaluate(model, sft, rm, tokenizer, reviews.POOL, config.eval_samples, config, 10_000)
         res[name, "heldout"] = evaluate(model, sft, rm, tokenizer, heldout, config.heldout_samples, config, 20_000)
-    pick = lambda split, key: {w: round(res[w, split][0][key], 4) for w in ("before", "after")}  # noqa: E731
+    pick = lambda split, key: {w: round(res[w, split][0][key], 4) for w in models}  # noqa: E731
     report = {
         "judge_positive_rate": pick("pool", "judge_positive_rate"),
         "reward": pick("pool", "reward"),
@@ -67,6 +70,8 @@ def evaluate_run(out: Path, config: DemoConfig, data, tokenizer, sft, policy, rm
         "judge_mean": pick("pool", "judge_mean"),
         "reward_model": load_json(out / "reward" / "test_accuracy.json"),
         "judge": "snownlp SnowNLP(prompt + response).sentiments > 0.5 (_response: the response alone)",
+        "models": {"pretrained": "stage 1, before SFT", "before": "the reference policy (sft/, or the pretrained "
+                   "model without the SFT stage)", "after": "the PPO policy (policy/)"},
         "config": asdict(config),
     }
     write_samples(out / "samples.md", res, reviews.POOL + heldout[:4])
@@ -76,7 +81,8 @@ def evaluate_run(out: Path, config: DemoConfig, data, tokenizer, sft, policy, rm
 
 def write_samples(path: Path, res: dict, prompts: list[str], per_prompt: int = 3):
     lines = ["# Samples before and after PPO", "",
-             "Same prompts; `judge` is snownlp's positive probability of prompt + response, `r` the reward model.", "",
+             "Same prompts; before is the reference policy (after SFT, when the demo ran it), after is the PPO policy; "
+             "`judge` is snownlp's positive probability of prompt + response, `r` the reward model.", "",
              "| prompt | before | after |", "| --- | --- | --- |"]
     for prompt in prompts:
         cells = []
@@ -104,19 +110,22 @@ def write_plots(out: Path):
 
 
 def print_report(report: dict, out) -> None:
-    """The closing summary: before/after figures and the per-stage timing table."""
-    j, h = report["judge_positive_rate"], report["heldout"]["judge_positive_rate"]
+    """The closing summary: the figures of each model (pretrained, sft, ppo) and the per-stage timing table."""
     print(f"\nrun directory: {out}")
     if report.get("config", {}).get("quick"):
         print("--quick is a toy-size smoke test: its numbers mean nothing; run `minirlhf demo` for the real figures")
-    print(f"judge positive rate (pool)     {j['before']:.3f} -> {j['after']:.3f}")
-    print(f"judge positive rate (held-out) {h['before']:.3f} -> {h['after']:.3f}")
-    jr = report["judge_positive_rate_response"]
-    print(f"  response alone (pool)        {jr['before']:.3f} -> {jr['after']:.3f}")
-    print(f"reward (pool)                  {report['reward']['before']:+.3f} -> {report['reward']['after']:+.3f}")
-    print(f"distinct-2 (pool)              {report['distinct_2']['before']:.3f} -> {report['distinct_2']['after']:.3f}")
-    print(f"KL to reference (pool, nats)   {report['kl']['after']:.3f}")
-    print(f"reward model test accuracy     {report['reward_model']['test_accuracy']:.3f}")
+    names = {"pretrained": "pretrained", "before": "sft" if "pretrained" in report["reward"] else "reference",
+             "after": "ppo"}
+    cols = [k for k in names if k in report["reward"]]
+    row = lambda label, d, fmt: print(f"{label:<31}" + " -> ".join(format(d[k], fmt) for k in cols))  # noqa: E731
+    print(f"{'':<31}" + " -> ".join(names[k] for k in cols))
+    row("judge positive rate (pool)", report["judge_positive_rate"], ".3f")
+    row("judge positive rate (held-out)", report["heldout"]["judge_positive_rate"], ".3f")
+    row("  response alone (pool)", report["judge_positive_rate_response"], ".3f")
+    row("reward (pool)", report["reward"], "+.3f")
+    row("distinct-2 (pool)", report["distinct_2"], ".3f")
+    print(f"{'KL to reference (pool, nats)':<31}{report['kl']['after']:.3f}")
+    print(f"{'reward model test accuracy':<31}{report['reward_model']['test_accuracy']:.3f}")
     if report.get("seconds"):
         print("\nstage        seconds")
         for k, v in report["seconds"].items():

