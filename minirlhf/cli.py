@@ -92,7 +92,7 @@ def cmd_sample(args, overrides):
     prompt = tokenizer.encode_prompt(args.prompt, room)  # too long: keeps its end, one warning
     out = generate(model, [prompt] * args.n, args.max_new_tokens, temperature=args.temperature,
                    top_k=args.top_k, top_p=args.top_p, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                   generator=torch.Generator().manual_seed(args.seed))
+                   generator=torch.Generator().manual_seed(args.seed), compile_step=args.compile)
     for text in tokenizer.decode_batch(out.responses.tolist()):
         print(args.prompt + text)
 
@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0, dest="top_p")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the one-token step: faster per token, after tens of seconds of compiling")
     p.set_defaults(fn=cmd_sample)
 
     from .ppo import PPOConfig

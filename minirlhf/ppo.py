@@ -148,7 +148,7 @@ class PPOTrainer(OnlineTrainer):
         c = self.config
         return collect(self.model.policy, self.ref_policy, self.reward, prompts, c.max_new_tokens, c.temperature,
                        c.eos_id, c.pad_id, self.generator, c.missing_eos_penalty, value_fn=self.model.values,
-                       recompute_logprobs=c.recompute_logprobs, timer=self.timer)
+                       recompute_logprobs=c.recompute_logprobs, compile_step=c.compile_sampler, timer=self.timer)
 
     # ------------------------------------------------------------ 2. shaping and 3. GAE
     def advantages(self, ro: Rollout, kl_coef: float):

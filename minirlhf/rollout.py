@@ -1,7 +1,8 @@
 """The rollout shared by every online RL trainer (PPO, GRPO, RLOO) and by the evaluation of any policy.
 
     prompts ──generate──▶ sequences, and from the sampler's own pass: logprobs, entropy (, values)
-            ──reference forward──▶ ref_logprobs ──reward──▶ one score per sequence, read at the last real token
+            ──reference forward──▶ ref_logprobs
+            ──reward──▶ one score per sequence, read at the last real token
 
 `collect` does all of it for one batch and returns a `Rollout`; what a trainer does next (KL shaping and
 GAE for PPO, group baselines for GRPO and RLOO) lives in advantages.py.
@@ -91,7 +92,8 @@ def apply_missing_eos_penalty(scores, responses, eos_id: int | None, penalty: fl
 def collect(policy: GPT, ref_policy: GPT, reward, prompts: list[list[int]], max_new_tokens: int,
             temperature: float = 1.0, eos_id: int | None = None, pad_id: int = 0,
             generator: torch.Generator | None = None, missing_eos_penalty: float | None = None,
-            value_fn=None, recompute_logprobs: bool = False, timer: PhaseTimer | None = None) -> Rollout:
+            value_fn=None, recompute_logprobs: bool = False, compile_step: bool = False,
+            timer: PhaseTimer | None = None) -> Rollout:
     """One batch of experience: sample a response to every prompt, then score it every way a trainer needs.
 
     prompts are token lists ([bos] + encode(prompt)); `reward` is a RewardModel or fn(sequences, response_mask).
@@ -104,14 +106,15 @@ def collect(policy: GPT, ref_policy: GPT, reward, prompts: list[list[int]], max_
     sampler computed while sampling (generate's keep_entropy / keep_hidden). They equal a full forward's over
     the finished sequences up to float rounding (~1e-6 in fp32: a cached one-token step adds in another
     order); recompute_logprobs=True takes them from such a forward instead, at the cost of that forward. The
-    reference model and the reward model always run their own forward.
+    reference model and the reward model always run their own forward. compile_step: generate's.
     `timer` records time/generate_s, policy_forward_s (values, or the recomputation), reference_s, scoring_s.
     """
     timer = timer or PhaseTimer()
     device = next(policy.parameters()).device
     with timer("time/generate_s"):
         gen = generate(policy, prompts, max_new_tokens, temperature=temperature, eos_id=eos_id, pad_id=pad_id,
-                       generator=generator, keep_entropy=True, keep_hidden=value_fn is not None)
+                       generator=generator, keep_entropy=True, keep_hidden=value_fn is not None,
+                       compile_step=compile_step)
     seq, attn, P = gen.sequences, gen.attention_mask, gen.prompt_len
     mask = gen.response_mask.float()
     with autocast(device):

@@ -8,8 +8,12 @@ Choices, said out loud:
   * A row that emits EOS is finished: afterwards it emits PAD, its response_mask is 0 there and its
     logprob is 0. EOS itself is a real response token (mask 1), so the policy learns to stop.
   * `logprobs` are those of the distribution actually sampled from: after temperature, top-k and
-    top-p. With top_k=0, top_p=1 they equal log_softmax(logits / T), which is what PPO recomputes;
-    with filtering on they differ, the known source of "negative KL" (trl #925): PPO keeps them off.
+    top-p. With top_k=0, top_p=1 they equal log_softmax(logits / T) of a full forward, which is why the
+    rollout can take them (and the entropy and hidden states kept on request) from here; with filtering
+    on they differ, the known source of "negative KL" (trl #925): PPO keeps them off.
+  * Each token after the first is one call of `decode_step` (forward one token per row, LM head, sample),
+    which may be torch.compile'd whole. At batch 1 a step reads every weight once and runs ~100 small
+    ops, so its time is memory traffic and per-op overhead, not arithmetic (benchmarks/RESULTS.md).
   * Greedy decoding is top_k=1 (its logprobs are then 0).
   * On CUDA the forward passes run under bf16 autocast, like every other forward in minirlhf
     (runtime.autocast); the sampling itself is done in fp32. On CPU everything is fp32.
@@ -32,8 +36,8 @@ class GenerationOutput:
     response_mask: torch.Tensor   # (B, N)   1 on response tokens up to and including EOS
     logprobs: torch.Tensor        # (B, N)   log p of each sampled token (0 where masked)
     prompt_len: int               # P: responses are sequences[:, P:]
-    entropy: torch.Tensor | None = None  # (B, N) entropy of each step's distribution (keep_entropy=True)
-    hidden: torch.Tensor | None = None   # (B, N, n_embd) final hidden state that predicted each token (keep_hidden=True)
+    entropy: torch.Tensor | None = None  # (B, N) entropy of each step's distribution (keep_entropy)
+    hidden: torch.Tensor | None = None   # (B, N, n_embd) final hidden state that predicted each token (keep_hidden)
 
     @property
     def responses(self) -> torch.Tensor:
@@ -104,10 +108,13 @@ def sample_from(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
     Entropy H = −Σ p·log p over the tokens that filtering kept; with top_k=0, top_p=1 it is the entropy of
     softmax(logits / T), which is what the rollout reports (ops.entropy_from_logits on recomputed logits).
     """
-    logp = F.log_softmax(filter_logits(logits.float() / temperature, top_k, top_p), dim=-1)
+    logits = logits.float() if temperature == 1.0 else logits.float() / temperature  # (÷ 1 is exact: one op fewer)
+    logp = F.log_softmax(filter_logits(logits, top_k, top_p), dim=-1)
     probs = logp.exp()
     tokens = inverse_cdf(probs, r)
-    entropy = -(probs * logp.masked_fill(probs == 0, 0.0)).sum(-1) if with_entropy else None
+    entropy = None
+    if with_entropy:  # filtered tokens have p = 0 and log p = −inf: 0·log 0 counts as 0
+        entropy = -(probs * (logp if top_k == 0 and top_p >= 1.0 else logp.masked_fill(probs == 0, 0.0))).sum(-1)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1), entropy
 
 
@@ -135,12 +142,15 @@ def decode_step(model, tokens: torch.Tensor, positions: torch.Tensor, cache: KVC
 def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
              generator: torch.Generator | None = None, pad_id: int = 0, keep_hidden: bool = False,
-             keep_entropy: bool = False) -> GenerationOutput:
+             keep_entropy: bool = False, compile_step: bool = False) -> GenerationOutput:
     """Sample up to `max_new_tokens` for every prompt at once. Stops early when every row has hit EOS.
 
     keep_entropy: also return each step's entropy (B, N) (0 where masked); keep_hidden: also return the
     final hidden state that predicted each token (B, N, n_embd) (0 where masked): the rollout reads its
     entropy and value-head values from these, so that it needs no second forward of the policy.
+    compile_step: torch.compile decode_step (opt-in: the first call compiles for tens of seconds, the second
+    length once more, with dynamic shapes; afterwards each step runs fewer, fused kernels, which matters at
+    batch 1, where a step is mostly small ops; benchmarks/RESULTS.md). Same tokens; logprobs to ~1e-6.
     """
     if temperature <= 0:
         raise ValueError("temperature must be > 0 (use top_k=1 for greedy decoding)")
@@ -153,6 +163,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
     was_training = model.training
     model.eval()
     sample = dict(temperature=temperature, top_k=top_k, top_p=top_p, with_entropy=keep_entropy)
+    step = torch.compile(decode_step) if compile_step else decode_step  # compiled code is cached with decode_step
     tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
     logprobs = torch.zeros(B, max_new_tokens, device=device)
     entropy = torch.zeros(B, max_new_tokens, device=device) if keep_entropy else None
@@ -180,9 +191,9 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
                 if finished.all():
                     break
             if t + 1 < max_new_tokens:
-                h, tok, lp, ent = decode_step(model, tokens[:, t], first_pos + t, cache,
-                                              None if attn_mask is None else attn_mask[..., :P + t + 1],
-                                              uniforms(B, generator, device), **sample)
+                h, tok, lp, ent = step(model, tokens[:, t], first_pos + t, cache,
+                                       None if attn_mask is None else attn_mask[..., :P + t + 1],
+                                       uniforms(B, generator, device), **sample)
     model.train(was_training)
     alive = alive[:, :n]
     response_mask = alive.long()

@@ -55,6 +55,21 @@ def test_kept_entropy_and_hidden_states_equal_a_full_forward(tiny_gpt, top_k):
     assert out.entropy[m.bool()].min() > 0
 
 
+def test_compiled_step_samples_the_same(tiny_gpt, monkeypatch):
+    """compile_step=True runs decode_step through torch.compile (here its "eager" backend, which needs no C++
+    compiler, with fullgraph=True: the step must trace as one graph) and samples the same tokens."""
+    compile_, calls = torch.compile, []
+    monkeypatch.setattr(torch, "compile", lambda fn: calls.append(fn) or compile_(fn, backend="eager", fullgraph=True))
+    prompts, kw = [[1, 5, 6, 7, 8], [1, 9], [1, 3, 4]], dict(temperature=0.9, eos_id=2, keep_entropy=True)
+    out = generate(tiny_gpt, prompts, 12, generator=torch.Generator().manual_seed(4), compile_step=True, **kw)
+    ref = generate(tiny_gpt, prompts, 12, generator=torch.Generator().manual_seed(4), **kw)
+    assert [fn.__name__ for fn in calls] == ["decode_step"]
+    assert torch.equal(out.sequences, ref.sequences)
+    torch.testing.assert_close(out.logprobs, ref.logprobs, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.entropy, ref.entropy, atol=1e-6, rtol=0)
+    torch._dynamo.reset()  # the compiled step is cached with decode_step: leave no eager-backend entry behind
+
+
 def test_nothing_is_kept_unless_asked(tiny_gpt):
     out = generate(tiny_gpt, [[1, 4]], 3, generator=torch.Generator().manual_seed(0))
     assert out.entropy is None and out.hidden is None
