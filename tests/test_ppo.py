@@ -242,6 +242,19 @@ def test_compiled_update_gives_the_same_update(monkeypatch):
     assert not torch.equal(b.model.policy.lm_head.weight, make_trainer().model.policy.lm_head.weight)
 
 
+def test_compiled_sampler_gives_the_same_rollout(monkeypatch):
+    """compile_sampler=True sends the sampler's step through torch.compile ("eager" backend here, as above)."""
+    compile_, calls = torch.compile, []
+    monkeypatch.setattr(torch, "compile", lambda fn: calls.append(fn) or compile_(fn, backend="eager"))
+    a = make_trainer().rollout([[1, 5], [1, 6, 4]] * 8)
+    b = make_trainer(compile_sampler=True).rollout([[1, 5], [1, 6, 4]] * 8)
+    assert [fn.__name__ for fn in calls] == ["decode_step"]
+    assert torch.equal(a.sequences, b.sequences)
+    for name in ("logprobs", "entropy", "values"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), atol=1e-6, rtol=0, msg=name)
+    torch._dynamo.reset()
+
+
 def test_separate_critic_starts_from_the_reward_model():
     torch.manual_seed(5)
     rm = RewardModel(CFG).eval()
