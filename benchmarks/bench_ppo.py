@@ -10,6 +10,7 @@ trunk); the value head shares the policy trunk (PPOConfig's default). `--device 
 autocast. --preset gpt2-124m: the 12-layer, 768-wide GPT-2 (vocab 4096), 256 rollouts × 192 new tokens
 from 64-token prompts, 4 minibatches of 64 sequences (16k tokens each, as pretraining's 16 × 1024).
 --batch, --prompt-len, --new-tokens and --minibatches override a preset; --compile sets PPOConfig.compile,
+--compile-sampler sets PPOConfig.compile_sampler,
 --value-model separate gives the critic its own trunk, --recompute-logprobs brings back the rollout's second
 policy forward, and --against-recompute times that variant round-robin with the default and gives the speed-up.
 
@@ -125,6 +126,8 @@ def main():
     parser.add_argument("--value-model", choices=("shared", "separate"), default="shared", help="PPOConfig.value_model")
     parser.add_argument("--recompute-logprobs", action="store_true",
                         help="PPOConfig.recompute_logprobs: a second policy forward in the rollout")
+    parser.add_argument("--compile-sampler", action="store_true",
+                        help="PPOConfig.compile_sampler: torch.compile the sampler's one-token step")
     parser.add_argument("--against-recompute", action="store_true",
                         help="also time recompute_logprobs=True, round-robin with the default, and give the speed-up")
     parser.add_argument("--warmup", type=int, help="untimed iterations first (default 1, 3 with --compile)")
@@ -133,7 +136,7 @@ def main():
     device = setup(args)
     n_layer, n_head, n_embd, B, P, R, M = PRESETS[args.preset]
     B, P, R, M = (args.batch or B, args.prompt_len or P, args.new_tokens or R, args.minibatches or M)
-    warmup = args.warmup if args.warmup is not None else (3 if args.compile else 1)
+    warmup = args.warmup if args.warmup is not None else (3 if args.compile else 2 if args.compile_sampler else 1)
     variants = {"ppo": dict(recompute_logprobs=args.recompute_logprobs)}
     if args.against_recompute:
         variants = {"ppo": dict(recompute_logprobs=False), "ppo_recompute": dict(recompute_logprobs=True)}
@@ -141,11 +144,12 @@ def main():
     for name, extra in variants.items():
         policy, ref, reward, prompts = build(args.seed, device, n_layer, n_head, n_embd, B, P, R)
         trainers[name] = ppo_trainer(policy, ref, reward, prompts, args.seed, device, R, M, args.compile,
-                                     value_model=args.value_model, **extra)
+                                     value_model=args.value_model, compile_sampler=args.compile_sampler, **extra)
     results = time_variants(trainers, prompts, args.repeats, warmup)
     print(f"# PPO: {B} rollouts × {R} tokens (prompts {P}), 1 epoch × {M} minibatches, "
           f"{policy.num_params() / 1e6:.2f}M-param ({n_layer}×{n_embd}) policy, reference and reward model, "
-          f"{args.value_model} value model{', torch.compile' if args.compile else ''}")
+          f"{args.value_model} value model{', torch.compile' if args.compile else ''}"
+          f"{', compiled sampler' if args.compile_sampler else ''}")
     peak, peak_name = peak_flops(args, device)
     print(f"# peak: {peak / 1e9:.1f} GFLOP/s ({peak_name}), {load_average()}")
     for name, (iteration_s, med) in results.items():

@@ -21,6 +21,7 @@ shaping, GAE, whitened advantages, then clipped policy and value losses. Setting
                  minirlhf's value_model="separate" is: that is the like-for-like run ("ppo_separate"). minirlhf's
                  default, a value head on the policy trunk ("ppo_shared"), is timed too.
   KL, precision  kl_coef 0.05, temperature 1; fp32 on CPU, bf16 on CUDA (both); no gradient checkpointing
+  --compile-sampler  adds "ppo_separate_compiled": PPOConfig.compile_sampler, the sampler's step compiled
 
 Both take the policy's logprobs from generation (TRL stacks generate()'s (B, N, V) scores; minirlhf keeps
 one number per token): neither runs a second policy forward in the rollout. What differs: TRL computes the
@@ -86,16 +87,21 @@ def clock_trl_ppo(device) -> PhaseClock:
 
 
 def main():
-    args = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0])).parse_args()
+    parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser.add_argument("--compile-sampler", action="store_true",
+                        help="also time minirlhf with PPOConfig.compile_sampler (its sampler's step compiled)")
+    args = parser.parse_args()
     device = setup(args)
     import transformers
     import trl
     print(f"# trl {trl.__version__}, transformers {transformers.__version__}")
+    variants = {"ppo_separate": dict(value_model="separate"), "ppo_shared": dict(value_model="shared")}
+    if args.compile_sampler:
+        variants["ppo_separate_compiled"] = dict(value_model="separate", compile_sampler=True)
     ours = {}
-    for value_model in ("separate", "shared"):
+    for name, config in variants.items():
         policy, ref, reward, prompts = build(args.seed, device)
-        ours[f"ppo_{value_model}"] = (ppo_trainer(policy, ref, reward, prompts, args.seed, device,
-                                                  value_model=value_model), prompts)
+        ours[name] = (ppo_trainer(policy, ref, reward, prompts, args.seed, device, **config), prompts)
     warm_up(ours)
     policy, _, reward, prompts = build(args.seed, device)
     with tempfile.TemporaryDirectory() as d:

@@ -21,6 +21,7 @@ Settings matched to bench_ppo.py:
   KL             beta 0.05 (RLOO's default), so the reference model runs as in PPO
   precision      fp32 on CPU (bf16=False, as minirlhf on CPU); bf16 on CUDA (both); no gradient
                  checkpointing (TRL's default turns it on; minirlhf has none)
+  --compile-sampler  also times minirlhf with PPOConfig.compile_sampler ("ppo_compiled")
 
 What differs and cannot be matched: RLOO has no value head (PPO's shared value head is a 256→1 linear,
 negligible compute); TRL decodes completions to text and re-tokenises them for the reward model (a
@@ -83,13 +84,18 @@ def clock_rloo(trainer, device) -> PhaseClock:
 
 
 def main():
-    args = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0])).parse_args()
+    parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser.add_argument("--compile-sampler", action="store_true",
+                        help="also time minirlhf with PPOConfig.compile_sampler (its sampler's step compiled)")
+    args = parser.parse_args()
     device = setup(args)
     import transformers
     import trl
     print(f"# trl {trl.__version__}, transformers {transformers.__version__}")
-    policy, ref, reward, prompts = build(args.seed, device)
-    ours = {"ppo": (ppo_trainer(policy, ref, reward, prompts, args.seed, device), prompts)}
+    ours = {}
+    for name, config in (("ppo", {}), ("ppo_compiled", dict(compile_sampler=True)))[:1 + args.compile_sampler]:
+        policy, ref, reward, prompts = build(args.seed, device)
+        ours[name] = (ppo_trainer(policy, ref, reward, prompts, args.seed, device, **config), prompts)
     warm_up(ours)
     policy, _, reward, prompts = build(args.seed, device)
     with tempfile.TemporaryDirectory() as d:
@@ -100,16 +106,16 @@ def main():
         trainer.train()
     trl_s, trl_phases = alternate.trl_medians()
     trl_phases["update"] = trl_s - trl_phases["rollout"]
-    ours_s, ours_phases = medians(alternate.ours_samples["ppo"])
-
     print(f"# {B} rollouts × {R} tokens, 1 epoch × 4 minibatches, alternated; {load_average()}")
-    report("minirlhf_ppo_iteration", ours_s, "s", ".3f")
-    for name in ("rollout", "generate", "policy_forward", "reference", "scoring", "update"):
-        report(f"minirlhf_ppo_{name}", ours_phases[f"time/{name}_s"], "s", ".3f")
+    for variant, samples in alternate.ours_samples.items():
+        ours_s, ours_phases = medians(samples)
+        report(f"minirlhf_{variant}_iteration", ours_s, "s", ".3f")
+        for name in ("rollout", "generate", "policy_forward", "reference", "scoring", "update"):
+            report(f"minirlhf_{variant}_{name}", ours_phases[f"time/{name}_s"], "s", ".3f")
+        report(f"minirlhf_{variant}_speedup_vs_trl_rloo", trl_s / ours_s, "x", ".2f")
     report("trl_rloo_iteration", trl_s, "s", ".3f")
     for name in ("rollout", "generate", "policy_forward", "reference", "scoring", "update"):
         report(f"trl_rloo_{name}", trl_phases.get(name, float("nan")), "s", ".3f")
-    report("minirlhf_speedup_vs_trl_rloo", trl_s / ours_s, "x", ".2f")
     print(f"# done, {cpu_share()}")
 
 

@@ -138,6 +138,13 @@ def decode_step(model, tokens: torch.Tensor, positions: torch.Tensor, cache: KVC
     return hidden, *sample_from(model.lm_head(hidden), temperature, top_k, top_p, r, with_entropy)
 
 
+def compiled_decode_step(device: torch.device):
+    """decode_step through torch.compile (its compiled code is cached with decode_step, so only the first call
+    compiles). On CPU with inductor's C++ wrapper: the step's ~35 kernels are then called from C++, not Python,
+    which at batch 1 saves a tenth of the step (benchmarks/RESULTS.md)."""
+    return torch.compile(decode_step, options={"cpp_wrapper": True} if device.type == "cpu" else None)
+
+
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
@@ -148,9 +155,9 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
     keep_entropy: also return each step's entropy (B, N) (0 where masked); keep_hidden: also return the
     final hidden state that predicted each token (B, N, n_embd) (0 where masked): the rollout reads its
     entropy and value-head values from these, so that it needs no second forward of the policy.
-    compile_step: torch.compile decode_step (opt-in: the first call compiles for tens of seconds, the second
-    length once more, with dynamic shapes; afterwards each step runs fewer, fused kernels, which matters at
-    batch 1, where a step is mostly small ops; benchmarks/RESULTS.md). Same tokens; logprobs to ~1e-6.
+    compile_step: torch.compile decode_step (compiled_decode_step; opt-in: the first call compiles for tens of
+    seconds, the second length once more, with dynamic shapes; afterwards each step runs fewer, fused kernels,
+    which matters at batch 1, where a step is mostly small ops). Same tokens; logprobs to ~1e-6.
     """
     if temperature <= 0:
         raise ValueError("temperature must be > 0 (use top_k=1 for greedy decoding)")
@@ -163,7 +170,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
     was_training = model.training
     model.eval()
     sample = dict(temperature=temperature, top_k=top_k, top_p=top_p, with_entropy=keep_entropy)
-    step = torch.compile(decode_step) if compile_step else decode_step  # compiled code is cached with decode_step
+    step = compiled_decode_step(device) if compile_step else decode_step
     tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
     logprobs = torch.zeros(B, max_new_tokens, device=device)
     entropy = torch.zeros(B, max_new_tokens, device=device) if keep_entropy else None

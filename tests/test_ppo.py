@@ -245,7 +245,7 @@ def test_compiled_update_gives_the_same_update(monkeypatch):
 def test_compiled_sampler_gives_the_same_rollout(monkeypatch):
     """compile_sampler=True sends the sampler's step through torch.compile ("eager" backend here, as above)."""
     compile_, calls = torch.compile, []
-    monkeypatch.setattr(torch, "compile", lambda fn: calls.append(fn) or compile_(fn, backend="eager"))
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: calls.append(fn) or compile_(fn, backend="eager"))
     a = make_trainer().rollout([[1, 5], [1, 6, 4]] * 8)
     b = make_trainer(compile_sampler=True).rollout([[1, 5], [1, 6, 4]] * 8)
     assert [fn.__name__ for fn in calls] == ["decode_step"]

@@ -59,7 +59,8 @@ def test_compiled_step_samples_the_same(tiny_gpt, monkeypatch):
     """compile_step=True runs decode_step through torch.compile (here its "eager" backend, which needs no C++
     compiler, with fullgraph=True: the step must trace as one graph) and samples the same tokens."""
     compile_, calls = torch.compile, []
-    monkeypatch.setattr(torch, "compile", lambda fn: calls.append(fn) or compile_(fn, backend="eager", fullgraph=True))
+    monkeypatch.setattr(torch, "compile",
+                        lambda fn, **kw: calls.append(fn) or compile_(fn, backend="eager", fullgraph=True))
     prompts, kw = [[1, 5, 6, 7, 8], [1, 9], [1, 3, 4]], dict(temperature=0.9, eos_id=2, keep_entropy=True)
     out = generate(tiny_gpt, prompts, 12, generator=torch.Generator().manual_seed(4), compile_step=True, **kw)
     ref = generate(tiny_gpt, prompts, 12, generator=torch.Generator().manual_seed(4), **kw)
