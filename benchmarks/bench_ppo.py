@@ -9,7 +9,10 @@ response is 48 tokens), 1 PPO epoch × 4 minibatches of 16; policy, reference an
 trunk); the value head shares the policy trunk (PPOConfig's default). `--device cuda` runs under bf16
 autocast. --preset gpt2-124m: the 12-layer, 768-wide GPT-2 (vocab 4096), 256 rollouts × 192 new tokens
 from 64-token prompts, 4 minibatches of 64 sequences (16k tokens each, as pretraining's 16 × 1024).
---batch, --prompt-len, --new-tokens and --minibatches override a preset; --compile sets PPOConfig.compile.
+--batch, --prompt-len, --new-tokens and --minibatches override a preset; --compile sets PPOConfig.compile,
+--compile-sampler sets PPOConfig.compile_sampler,
+--value-model separate gives the critic its own trunk, --recompute-logprobs brings back the rollout's second
+policy forward, and --against-recompute times that variant round-robin with the default and gives the speed-up.
 
 Figures: the trainer's own time/* metrics (median over --repeats iterations after one warm-up
 iteration), the update's achieved FLOP/s as a fraction of this machine's measured fp32 matmul peak
@@ -19,7 +22,8 @@ whole iteration against its compute floor (every FLOP of the iteration at that p
 FLOPs counted (B = 64 sequences of T = 56 tokens, P = 8 prompt, R = 48 response; N_trunk = matmul
 parameters without the vocab matrix, V·d = the (tied) LM head; L, d as in common.py):
     forward over a sequence   B·[T·(2·N_trunk + 4·L·d·T) + R·2·V·d]   (LM head on the response only)
-    policy forward, reference   one forward each;  scoring: the trunk only (no LM head)
+    policy forward, reference   one forward each (the policy's only with --recompute-logprobs: by default its
+                              logprobs come from generation); scoring and a separate critic: the trunk only
     generation                B·[P·(2·N_trunk + 4·L·d·P) + Σ_t (2·N_trunk + 2·V·d + 4·L·d·(P+t))]
     update                    3 × the policy forward (forward + backward), summed over the minibatches
 """
@@ -43,17 +47,20 @@ PRESETS = {  # name: (n_layer, n_head, n_embd, batch, prompt length, new tokens,
 B, P, R = PRESETS["tiny"][3:6]  # the default shape (bench_trl_rloo.py matches it)
 
 
-def iteration_flops(model, B: int, P: int, R: int) -> dict:
-    """Compute each phase must do, by the formulas in the docstring."""
+def iteration_flops(model, B: int, P: int, R: int, recompute: bool = False, separate: bool = False) -> dict:
+    """Compute each phase must do, by the formulas in the docstring. The policy forward is a second forward
+    only with recompute_logprobs (else its logprobs come from generation); a separate critic adds its trunk's
+    forward to the rollout and 3 × that to the update."""
     c = model.config
     L, d, T = c.n_layer, c.n_embd, P + R
     head = VOCAB * d
     trunk = model.num_params() - model.transformer.wpe.weight.numel() - head
     forward = B * (T * (2 * trunk + 4 * L * d * T) + R * 2 * head)
+    critic = (forward - B * R * 2 * head) if separate else 0
     generate = B * (P * (2 * trunk + 4 * L * d * P)
                     + sum(2 * trunk + 2 * head + 4 * L * d * (P + t) for t in range(R)))
-    return {"generate": generate, "policy_forward": forward, "reference": forward,
-            "scoring": forward - B * R * 2 * head, "update": 3 * forward}
+    return {"generate": generate, "policy_forward": forward * recompute + critic, "reference": forward,
+            "scoring": forward - B * R * 2 * head, "update": 3 * (forward + critic)}
 
 
 def build(seed: int, device, n_layer=4, n_head=4, n_embd=256, B=64, P=8, R=48):
@@ -67,23 +74,47 @@ def build(seed: int, device, n_layer=4, n_head=4, n_embd=256, B=64, P=8, R=48):
     return policy, ref, reward, prompts
 
 
-def time_ppo(policy, ref, reward, prompts, repeats: int, seed: int, device, R: int = 48,
-             minibatches: int = 4, compile: bool = False, warmup: int = 1) -> tuple[float, dict]:
-    """(median wall seconds of an iteration, median of each time/* metric), after `warmup` iterations."""
-    config = PPOConfig(max_new_tokens=R, batch_size=len(prompts), ppo_epochs=1, num_minibatches=minibatches,
-                       eos_id=None, iterations=0, seed=seed, device=str(device), compile=compile)
-    trainer = PPOTrainer(policy, ref, reward, config)
-    rows, walls = [], []
+def ppo_trainer(policy, ref, reward, prompts, seed: int, device, R: int = 48, minibatches: int = 4,
+                compile: bool = False, **config) -> PPOTrainer:
+    """The benchmark's PPOTrainer (1 epoch, no EOS); `config`: further PPOConfig fields (value_model="separate",
+    recompute_logprobs=True, ...)."""
+    return PPOTrainer(policy, ref, reward, PPOConfig(
+        max_new_tokens=R, batch_size=len(prompts), ppo_epochs=1, num_minibatches=minibatches, eos_id=None,
+        iterations=0, seed=seed, device=str(device), compile=compile, **config))
+
+
+def timed_step(trainer: PPOTrainer, prompts) -> tuple[float, dict]:
+    """(wall seconds, the trainer's time/* metrics) of one iteration."""
+    t0 = time.perf_counter()
+    row = trainer.step(prompts)
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize(trainer.device)
+    return time.perf_counter() - t0, {k: v for k, v in row.items() if k.startswith("time/")}
+
+
+def medians(samples: list[tuple[float, dict]]) -> tuple[float, dict]:
+    """Median wall seconds and median of each time/* metric over timed_step's results."""
+    return (statistics.median(w for w, _ in samples),
+            {k: statistics.median(t[k] for _, t in samples) for k in samples[0][1]})
+
+
+def time_variants(variants: dict, prompts, repeats: int, warmup: int = 1) -> dict:
+    """{name: (median wall, median time/*)} of the trainers in `variants` ({name: trainer}), their iterations
+    run round-robin (A B A B ...) so that machine load falls on each alike."""
+    samples = {name: [] for name in variants}
     for i in range(repeats + warmup):
-        t0 = time.perf_counter()
-        row = trainer.step(prompts)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= warmup:
-            rows.append(row)
-            walls.append(time.perf_counter() - t0)
-    return statistics.median(walls), {k: statistics.median(r[k] for r in rows) for k in rows[0]
-                                      if k.startswith("time/")}
+        for name, trainer in variants.items():
+            result = timed_step(trainer, prompts)
+            if i >= warmup:
+                samples[name].append(result)
+    return {name: medians(s) for name, s in samples.items()}
+
+
+def time_ppo(policy, ref, reward, prompts, repeats: int, seed: int, device, R: int = 48,
+             minibatches: int = 4, compile: bool = False, warmup: int = 1, **config) -> tuple[float, dict]:
+    """(median wall seconds of an iteration, median of each time/* metric), after `warmup` iterations."""
+    trainer = ppo_trainer(policy, ref, reward, prompts, seed, device, R, minibatches, compile, **config)
+    return time_variants({"ppo": trainer}, prompts, repeats, warmup)["ppo"]
 
 
 def main():
@@ -92,47 +123,69 @@ def main():
     for flag in ("batch", "prompt-len", "new-tokens", "minibatches"):
         parser.add_argument(f"--{flag}", type=int, help="override the preset's value")
     parser.add_argument("--compile", action="store_true", help="PPOConfig.compile: torch.compile the update")
+    parser.add_argument("--value-model", choices=("shared", "separate"), default="shared", help="PPOConfig.value_model")
+    parser.add_argument("--recompute-logprobs", action="store_true",
+                        help="PPOConfig.recompute_logprobs: a second policy forward in the rollout")
+    parser.add_argument("--compile-sampler", action="store_true",
+                        help="PPOConfig.compile_sampler: torch.compile the sampler's one-token step")
+    parser.add_argument("--against-recompute", action="store_true",
+                        help="also time recompute_logprobs=True, round-robin with the default, and give the speed-up")
     parser.add_argument("--warmup", type=int, help="untimed iterations first (default 1, 3 with --compile)")
     parser.add_argument("--peak-tflops", type=float, default=989.4, help="CUDA: datasheet dense bf16 peak")
     args = parser.parse_args()
     device = setup(args)
     n_layer, n_head, n_embd, B, P, R, M = PRESETS[args.preset]
     B, P, R, M = (args.batch or B, args.prompt_len or P, args.new_tokens or R, args.minibatches or M)
-    policy, ref, reward, prompts = build(args.seed, device, n_layer, n_head, n_embd, B, P, R)
-    warmup = args.warmup if args.warmup is not None else (3 if args.compile else 1)
-    iteration_s, med = time_ppo(policy, ref, reward, prompts, args.repeats, args.seed, device, R, M,
-                                args.compile, warmup)
-    phases = {"generate": med["time/generate_s"], "policy_forward": med["time/policy_forward_s"],
-              "reference": med["time/reference_s"], "scoring": med["time/scoring_s"],
-              "update": med["time/update_s"]}
-    phases["other"] = iteration_s - med["time/rollout_s"] - med["time/update_s"]  # shaping, GAE, metrics
-
+    warmup = args.warmup if args.warmup is not None else (3 if args.compile else 2 if args.compile_sampler else 1)
+    variants = {"ppo": dict(recompute_logprobs=args.recompute_logprobs)}
+    if args.against_recompute:
+        variants = {"ppo": dict(recompute_logprobs=False), "ppo_recompute": dict(recompute_logprobs=True)}
+    trainers = {}
+    for name, extra in variants.items():
+        policy, ref, reward, prompts = build(args.seed, device, n_layer, n_head, n_embd, B, P, R)
+        trainers[name] = ppo_trainer(policy, ref, reward, prompts, args.seed, device, R, M, args.compile,
+                                     value_model=args.value_model, compile_sampler=args.compile_sampler, **extra)
+    results = time_variants(trainers, prompts, args.repeats, warmup)
     print(f"# PPO: {B} rollouts × {R} tokens (prompts {P}), 1 epoch × {M} minibatches, "
-          f"{policy.num_params() / 1e6:.2f}M-param ({n_layer}×{n_embd}) policy, reference and reward model"
-          f"{', torch.compile' if args.compile else ''}")
-    report("ppo_iteration", iteration_s, "s", ".3f")
-    report("ppo_rollout", med["time/rollout_s"], "s", ".3f")
-    for name, s in phases.items():
-        report(f"ppo_{name}", s, "s", ".3f")
-
-    flops = iteration_flops(policy, B, P, R)
+          f"{policy.num_params() / 1e6:.2f}M-param ({n_layer}×{n_embd}) policy, reference and reward model, "
+          f"{args.value_model} value model{', torch.compile' if args.compile else ''}"
+          f"{', compiled sampler' if args.compile_sampler else ''}")
     peak, peak_name = peak_flops(args, device)
     print(f"# peak: {peak / 1e9:.1f} GFLOP/s ({peak_name}), {load_average()}")
-    report("ppo_update_achieved", flops["update"] / phases["update"] / 1e9, "GFLOP/s")
-    report("ppo_update_fraction_of_peak", 100 * flops["update"] / phases["update"] / peak, "%")
-    if device.type == "cuda":
-        report("ppo_update_mfu_vs_datasheet_bf16", 100 * flops["update"] / phases["update"] / (args.peak_tflops * 1e12),
-               f"% of {args.peak_tflops} TFLOP/s")
-    for name in ("generate", "policy_forward", "reference", "scoring"):
-        report(f"ppo_{name}_fraction_of_peak", 100 * flops[name] / phases[name] / peak, "%")
-    floor_s = sum(flops.values()) / peak
-    report("ppo_iteration_compute_floor", floor_s * 1e3, "ms", ".2f")
-    report("ppo_iteration_over_floor", iteration_s / floor_s, "x", ".1f")
-    report("ppo_tokens_per_s", B * R / iteration_s, "response tokens/s")
+    for name, (iteration_s, med) in results.items():
+        report_iteration(name, iteration_s, med, policy, B, P, R, peak, args, device,
+                         trainers[name].config.recompute_logprobs)
+    if args.against_recompute:
+        report("ppo_speedup_vs_recompute", results["ppo_recompute"][0] / results["ppo"][0], "x", ".2f")
     if device.type == "cuda":
         report("ppo_peak_cuda_memory", torch.cuda.max_memory_allocated(device) / 2**20, "MiB", ".0f")
     report("ppo_peak_rss", peak_rss_mib(), "MiB", ".0f")
     print(f"# done, {cpu_share()}")
+
+
+def report_iteration(name, iteration_s, med, policy, B, P, R, peak, args, device, recompute: bool):
+    """One variant's figures: phases, fractions of peak, the compute floor."""
+    phases = {"generate": med["time/generate_s"], "policy_forward": med["time/policy_forward_s"],
+              "reference": med["time/reference_s"], "scoring": med["time/scoring_s"],
+              "update": med["time/update_s"]}
+    phases["other"] = iteration_s - med["time/rollout_s"] - med["time/update_s"]  # shaping, GAE, metrics
+    report(f"{name}_iteration", iteration_s, "s", ".3f")
+    report(f"{name}_rollout", med["time/rollout_s"], "s", ".3f")
+    for phase, s in phases.items():
+        report(f"{name}_{phase}", s, "s", ".3f")
+    flops = iteration_flops(policy, B, P, R, recompute, args.value_model == "separate")
+    report(f"{name}_update_achieved", flops["update"] / phases["update"] / 1e9, "GFLOP/s")
+    report(f"{name}_update_fraction_of_peak", 100 * flops["update"] / phases["update"] / peak, "%")
+    if device.type == "cuda":
+        report(f"{name}_update_mfu_vs_datasheet_bf16",
+               100 * flops["update"] / phases["update"] / (args.peak_tflops * 1e12), f"% of {args.peak_tflops} TFLOP/s")
+    for phase in ("generate", "policy_forward", "reference", "scoring"):
+        if flops[phase]:
+            report(f"{name}_{phase}_fraction_of_peak", 100 * flops[phase] / phases[phase] / peak, "%")
+    floor_s = sum(flops.values()) / peak
+    report(f"{name}_iteration_compute_floor", floor_s * 1e3, "ms", ".2f")
+    report(f"{name}_iteration_over_floor", iteration_s / floor_s, "x", ".1f")
+    report(f"{name}_tokens_per_s", B * R / iteration_s, "response tokens/s")
 
 
 if __name__ == "__main__":

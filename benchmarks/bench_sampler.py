@@ -2,6 +2,7 @@
 
     pip install -e .[bench]          # transformers, for the comparison only
     python benchmarks/bench_sampler.py [--threads N] [--device cpu|cuda] [--repeats 5] [--shape 64x48] [--no-hf]
+                                       [--compile] [--no-naive]
 
 Model: GPT-2, 4 layers, 4 heads, 256 wide, vocab 4096, block_size 176, random weights. The very same
 weights go to transformers (our save_pretrained, their GPT2LMHeadModel.from_pretrained), and the script
@@ -16,6 +17,7 @@ the contenders timed round-robin (common.interleaved_medians) so machine load hi
   minirlhf   generate(): prefill, then one cached step per token
   naive      the whole sequence through the model for every new token (no KV cache)
   hf         transformers GPT2LMHeadModel.generate(do_sample=True), its own KV cache
+  compiled   (--compile) generate(compile_step=True): decode_step torch.compile'd; compiled before timing
 
 On CUDA all three run under bf16 autocast (runtime.autocast), since generate() always does there; on CPU
 all three are fp32.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 
 import torch
 
@@ -83,6 +86,7 @@ def main():
     parser.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
     parser.add_argument("--no-naive", action="store_true", help="skip the uncached loop")
     parser.add_argument("--shape", action="append", help="BxN, e.g. 64x48 (repeatable; default: 64x48 and 1x128)")
+    parser.add_argument("--compile", action="store_true", help="also time generate(compile_step=True)")
     args = parser.parse_args()
     device = setup(args)
     model = gpt(device=device)
@@ -92,6 +96,12 @@ def main():
     for B, N in shapes:
         prompts = torch.randint(4, model.config.vocab_size, (B, PROMPT_LEN)).tolist()
         runners = {"minirlhf": lambda: generate(model, prompts, N, generator=gen)}
+        if args.compile:
+            runners["compiled"] = lambda: generate(model, prompts, N, generator=gen, compile_step=True)
+            t0 = time.perf_counter()
+            for _ in range(2):  # the first length compiles, the second recompiles with dynamic shapes
+                runners["compiled"]()
+            print(f"# compiled the step in {time.perf_counter() - t0:.1f} s")
         if not args.no_naive:
             runners["naive"] = lambda: naive_generate(model, prompts, N, gen)
         if hf is not None:
@@ -103,6 +113,9 @@ def main():
         for other in ("naive", "hf"):
             if other in rate:
                 report(f"sampler_b{B}_n{N}_speedup_vs_{other}", rate["minirlhf"] / rate[other], "x", ".2f")
+                if "compiled" in rate:
+                    report(f"sampler_b{B}_n{N}_compiled_speedup_vs_{other}", rate["compiled"] / rate[other], "x",
+                           ".2f")
     print(f"# done, {cpu_share()}")
 
 

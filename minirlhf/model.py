@@ -54,22 +54,26 @@ class KVCache:
 
     `length` is how many positions are filled. Storage is allocated on the first write, in the dtype
     the keys come in (bf16 under CUDA autocast), and filled in place afterwards, so the sampler's step
-    loop allocates nothing per token.
+    loop allocates nothing per token. Each layer's (keys, values) views are made once, at allocation, so
+    a step does no indexing to find its layer: at batch 1 the cost of a step is mostly such small ops.
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, max_len: int):
         self.shape = (config.n_layer, 2, batch_size, config.n_head, max_len, config.n_embd // config.n_head)
         self.kv = None
+        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.length = 0
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Write k, v (B, nh, t, hs) after the filled part; return all keys/values so far."""
         if self.kv is None:
             self.kv = torch.empty(self.shape, device=k.device, dtype=k.dtype)
+            self.layers = [(kv[0], kv[1]) for kv in self.kv]
+        keys, values = self.layers[layer]
         start, end = self.length, self.length + k.shape[2]
-        self.kv[layer, 0, :, :, start:end] = k
-        self.kv[layer, 1, :, :, start:end] = v
-        return self.kv[layer, 0, :, :, :end], self.kv[layer, 1, :, :, :end]
+        keys[:, :, start:end] = k
+        values[:, :, start:end] = v
+        return keys[:, :, :end], values[:, :, :end]
 
 
 class CausalSelfAttention(nn.Module):
@@ -83,14 +87,14 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, attn_mask, cache: KVCache | None = None, layer: int = 0):
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        # q, k, v for all heads at once: (B, T, 3·C) -> 3 × (B, nh, T, hs), in three ops (this runs per token)
+        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4).unbind(0)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, L, hs), L = positions so far
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None and cache is None,
             dropout_p=self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -168,27 +172,25 @@ class GPT(nn.Module):
         """Final-LayerNorm hidden states (B, T, n_embd): what the LM head, value head and reward head read.
 
         With a cache, `input_ids` are the new tokens only and `attention_mask` covers every position so far.
-        `position_ids` (B, T) and `attn_mask` (boolean, (B, 1, T, L), as build_attn_mask makes it) may be
-        passed ready-made: the sampler keeps both up to date instead of rebuilding them every step, and
-        then answers for them (positions are not checked against block_size).
+        The sampler's step passes `position_ids` (B, T) instead, with `attn_mask` (boolean, (B, 1, T, L), as
+        build_attn_mask makes it, or None: every cached key is visible) ready-made; it keeps them up to date
+        rather than rebuilding them every step, and answers for them (positions are not checked against
+        block_size).
         """
         B, T = input_ids.shape
-        if attention_mask is None and cache is None:
+        if position_ids is not None:
+            pos, too_long = position_ids, False
+        elif attention_mask is None and cache is None:
             attn_mask = None  # plain causal attention, the fast path
             pos = torch.arange(T, device=input_ids.device).expand(B, T)
             too_long = T > self.config.block_size
         else:
             if attention_mask is None:
-                raise ValueError("a KV cache needs the attention_mask of all positions so far")
-            if attn_mask is None:
-                attn_mask = build_attn_mask(attention_mask, T)
-            if position_ids is None:
-                pos = position_ids_from_mask(attention_mask)[:, -T:]
-                # positions never exceed the column count, so the (GPU-syncing) max is needed only past it
-                too_long = (attention_mask.shape[1] > self.config.block_size
-                            and pos.max() >= self.config.block_size)
-            else:
-                pos, too_long = position_ids, False
+                raise ValueError("a KV cache needs the attention_mask of all positions so far (or position_ids)")
+            attn_mask = build_attn_mask(attention_mask, T)
+            pos = position_ids_from_mask(attention_mask)[:, -T:]
+            # positions never exceed the column count, so the (GPU-syncing) max is needed only past it
+            too_long = attention_mask.shape[1] > self.config.block_size and pos.max() >= self.config.block_size
         if too_long:
             raise ValueError(f"sequence of {int(pos.max()) + 1} positions exceeds block_size={self.config.block_size}")
         x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(pos))

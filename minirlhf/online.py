@@ -69,6 +69,14 @@ class OnlineConfig:
     compile: bool = False
     """Opt-in torch.compile of the update's forward (worth it on a GPU for larger models with fixed-length
     rollouts, benchmarks/RESULTS.md; each new sequence length recompiles, the first ones slowly)."""
+    compile_sampler: bool = False
+    """Opt-in torch.compile of the sampler's one-token step (sampling.generate(compile_step=True)): fewer, fused
+    kernels per token, at tens of seconds of compiling in the first iterations (benchmarks/RESULTS.md)."""
+    recompute_logprobs: bool = False
+    """Take the rollout's logprobs, entropy (and shared-head values) from a second, full forward of the policy
+    instead of from the sampler's own pass (rollout.collect). Equal up to float rounding (~1e-6 in fp32); under
+    CUDA bf16 autocast the two round differently, so turn this on there if the first minibatch's ratio must be 1
+    to the precision of one forward."""
     save_every: int = 0
     """Iterations between resumable checkpoints (0: only at the end)."""
 

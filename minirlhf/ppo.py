@@ -1,8 +1,9 @@
 """PPO for language models: the loop of Ziegler et al. 2019 and Stiennon et al. 2020.
 
 One iteration of `PPOTrainer.step(prompts)`:
-    1. rollout   sample responses with the KV-cache sampler; recompute logprobs (same temperature),
-                 values, and the frozen reference's logprobs; score prompt ⊕ response   (rollout.collect)
+    1. rollout   sample responses with the KV-cache sampler, keeping its logprobs (same temperature), entropy
+                 and hidden states (values); the frozen reference's logprobs; score prompt ⊕ response
+                 (rollout.collect)
     2. shaping   r_t = −β·KL_t on every response token, plus the score on the last real one (EOS)
     3. GAE       δ_t = r_t + γV_{t+1} − V_t,  A_t = δ_t + γλA_{t+1};  returns = A + V; whiten A
     4. update    ppo_epochs × num_minibatches of the clipped policy loss + vf_coef × clipped value loss
@@ -147,7 +148,7 @@ class PPOTrainer(OnlineTrainer):
         c = self.config
         return collect(self.model.policy, self.ref_policy, self.reward, prompts, c.max_new_tokens, c.temperature,
                        c.eos_id, c.pad_id, self.generator, c.missing_eos_penalty, value_fn=self.model.values,
-                       timer=self.timer)
+                       recompute_logprobs=c.recompute_logprobs, compile_step=c.compile_sampler, timer=self.timer)
 
     # ------------------------------------------------------------ 2. shaping and 3. GAE
     def advantages(self, ro: Rollout, kl_coef: float):

@@ -1,6 +1,7 @@
 """The rollout shared by every online RL trainer (PPO, GRPO, RLOO) and by the evaluation of any policy.
 
-    prompts ──generate──▶ sequences ──policy / reference forward──▶ logprobs, ref_logprobs (, values)
+    prompts ──generate──▶ sequences, and from the sampler's own pass: logprobs, entropy (, values)
+            ──reference forward──▶ ref_logprobs
             ──reward──▶ one score per sequence, read at the last real token
 
 `collect` does all of it for one batch and returns a `Rollout`; what a trainer does next (KL shaping and
@@ -105,33 +106,44 @@ def apply_missing_eos_penalty(scores, responses, eos_id: int | None, penalty: fl
 def collect(policy: GPT, ref_policy: GPT, reward, prompts: list[list[int]], max_new_tokens: int,
             temperature: float = 1.0, eos_id: int | None = None, pad_id: int = 0,
             generator: torch.Generator | None = None, missing_eos_penalty: float | None = None,
-            value_fn=None, timer: PhaseTimer | None = None) -> Rollout:
+            value_fn=None, recompute_logprobs: bool = False, compile_step: bool = False,
+            timer: PhaseTimer | None = None) -> Rollout:
     """One batch of experience: sample a response to every prompt, then score it every way a trainer needs.
 
     prompts are token lists ([bos] + encode(prompt)); `reward` is a RewardModel or fn(sequences, response_mask).
     `value_fn(hidden, sequences, attention_mask, prompt_len) -> (B, N)` gives the critic's values from the
-    policy's response hidden states (PPO); without it `values` is None (GRPO, RLOO, evaluation). Sampling is
-    plain (no top-k / top-p), so the distribution sampled from is the one whose logprobs are optimised.
-    `timer` records time/generate_s, policy_forward_s, reference_s and scoring_s.
+    policy's response hidden states (PPO; a separate critic ignores them and runs its own trunk); without it
+    `values` is None (GRPO, RLOO, evaluation). Sampling is plain (no top-k / top-p), so the distribution
+    sampled from is the one whose logprobs are optimised.
+
+    The policy is run once: its logprobs and entropy (and, for value_fn, its hidden states) are those the
+    sampler computed while sampling (generate's keep_entropy / keep_hidden). They equal a full forward's over
+    the finished sequences up to float rounding (~1e-6 in fp32: a cached one-token step adds in another
+    order); recompute_logprobs=True takes them from such a forward instead, at the cost of that forward. The
+    reference model and the reward model always run their own forward. compile_step: generate's.
+    `timer` records time/generate_s, policy_forward_s (values, or the recomputation), reference_s, scoring_s.
     """
     timer = timer or PhaseTimer()
     device = next(policy.parameters()).device
     with timer("time/generate_s"):
         gen = generate(policy, prompts, max_new_tokens, temperature=temperature, eos_id=eos_id, pad_id=pad_id,
-                       generator=generator)
+                       generator=generator, keep_entropy=True, keep_hidden=value_fn is not None,
+                       compile_step=compile_step)
     seq, attn, P = gen.sequences, gen.attention_mask, gen.prompt_len
     mask = gen.response_mask.float()
     with autocast(device):
         with timer("time/policy_forward_s"):
-            hidden = response_hidden(policy, seq, attn, P)
-            logprobs, entropy = response_logprobs(policy, hidden, gen.responses, temperature, with_entropy=True)
+            hidden, logprobs, entropy = gen.hidden, gen.logprobs, gen.entropy
+            if recompute_logprobs:
+                hidden = response_hidden(policy, seq, attn, P)
+                logprobs, entropy = response_logprobs(policy, hidden, gen.responses, temperature, with_entropy=True)
             values = value_fn(hidden, seq, attn, P) * mask if value_fn is not None else None
         with timer("time/reference_s"):
             ref_logprobs = sequence_logprobs(ref_policy, seq, attn, P, temperature)
         with timer("time/scoring_s"):
             scores = score(reward, seq, attn, mask)
     scores = apply_missing_eos_penalty(scores, gen.responses, eos_id, missing_eos_penalty)
-    return Rollout(seq, attn, mask, P, logprobs * mask, ref_logprobs * mask, values, scores, entropy)
+    return Rollout(seq, attn, mask, P, logprobs * mask, ref_logprobs * mask, values, scores, entropy * mask)
 
 
 def load_policy_and_reward(init_dir, reward_dir, device):

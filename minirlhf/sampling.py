@@ -8,8 +8,12 @@ Choices, said out loud:
   * A row that emits EOS is finished: afterwards it emits PAD, its response_mask is 0 there and its
     logprob is 0. EOS itself is a real response token (mask 1), so the policy learns to stop.
   * `logprobs` are those of the distribution actually sampled from: after temperature, top-k and
-    top-p. With top_k=0, top_p=1 they equal log_softmax(logits / T), which is what PPO recomputes;
-    with filtering on they differ, the known source of "negative KL" (trl #925): PPO keeps them off.
+    top-p. With top_k=0, top_p=1 they equal log_softmax(logits / T) of a full forward, which is why the
+    rollout can take them (and the entropy and hidden states kept on request) from here; with filtering
+    on they differ, the known source of "negative KL" (trl #925): PPO keeps them off.
+  * Each token after the first is one call of `decode_step` (forward one token per row, LM head, sample),
+    which may be torch.compile'd whole. At batch 1 a step reads every weight once and runs ~100 small
+    ops, so its time is memory traffic and per-op overhead, not arithmetic (benchmarks/RESULTS.md).
   * Greedy decoding is top_k=1 (its logprobs are then 0).
   * On CUDA the forward passes run under bf16 autocast, like every other forward in minirlhf
     (runtime.autocast); the sampling itself is done in fp32. On CPU everything is fp32.
@@ -33,6 +37,8 @@ class GenerationOutput:
     response_mask: torch.Tensor   # (B, N)   1 on response tokens up to and including EOS
     logprobs: torch.Tensor        # (B, N)   log p of each sampled token (0 where masked)
     prompt_len: int               # P: responses are sequences[:, P:]
+    entropy: torch.Tensor | None = None  # (B, N) entropy of each step's distribution (keep_entropy)
+    hidden: torch.Tensor | None = None   # (B, N, n_embd) final hidden state that predicted each token (keep_hidden)
 
     @property
     def responses(self) -> torch.Tensor:
@@ -71,35 +77,89 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
-def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One token per row of a (B, V) probability table, by inverting its CDF: token i is drawn when
-    cdf[i-1] < u ≤ cdf[i] for u uniform on (0, cdf[V-1]], which happens with probability p_i.
+def uniforms(n: int, generator: torch.Generator | None, device) -> torch.Tensor:
+    """(n, 1) numbers uniform on [0, 1), drawn where the generator lives (a CPU generator also serves a CUDA
+    model, with the same draws) and moved to `device`."""
+    r = torch.rand(n, 1, generator=generator, device=generator.device if generator is not None else device)
+    return r.to(device)
 
-    One random number per row. torch.multinomial draws one per vocabulary entry (B·V of them, on one
-    core), which at 64 × 4096 on a CPU cost more than the whole forward step. u > 0, so a token of
-    probability 0 (filtered out by top-k/top-p) is never drawn.
-    """
+
+def inverse_cdf(probs: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """One token per row of a (B, V) probability table (not necessarily normalised), given r (B, 1) uniform
+    on [0, 1): token i is drawn when cdf[i-1] < u ≤ cdf[i], u = (1 - r)·cdf[V-1], which happens with
+    probability p_i. u > 0, so a token of probability 0 (filtered out by top-k/top-p) is never drawn."""
     cdf = probs.cumsum(-1)                                                          # (B, V)
-    # drawn where the generator lives (a CPU generator also serves a CUDA model, with the same draws)
-    r = torch.rand(probs.shape[0], 1, generator=generator,
-                   device=generator.device if generator is not None else probs.device)
-    u = (1 - r.to(probs.device)) * cdf[:, -1:]                                     # (B, 1) in (0, cdf[V-1]]
-    return torch.searchsorted(cdf, u).squeeze(-1)                                   # first i with cdf[i] ≥ u
+    return torch.searchsorted(cdf, (1 - r) * cdf[:, -1:]).squeeze(-1)              # first i with cdf[i] ≥ u
+
+
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """inverse_cdf with one random number per row from `generator`.
+
+    torch.multinomial draws one per vocabulary entry (B·V of them, on one core), which at 64 × 4096 on a
+    CPU cost more than the whole forward step.
+    """
+    return inverse_cdf(probs, uniforms(probs.shape[0], generator, probs.device))
+
+
+def sample_from(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, r: torch.Tensor,
+                with_entropy: bool = False):
+    """logits (B, V), uniforms r (B, 1) -> tokens (B,), their logprobs (B,), and the entropy (B,) of the
+    distribution sampled from (None unless with_entropy): softmax(filter(logits / T)).
+
+    Entropy H = −Σ p·log p over the tokens that filtering kept; with top_k=0, top_p=1 it is the entropy of
+    softmax(logits / T), which is what the rollout reports (ops.entropy_from_logits on recomputed logits).
+    """
+    logits = logits.float() if temperature == 1.0 else logits.float() / temperature  # (÷ 1 is exact: one op fewer)
+    logp = F.log_softmax(filter_logits(logits, top_k, top_p), dim=-1)
+    probs = logp.exp()
+    tokens = inverse_cdf(probs, r)
+    entropy = None
+    if with_entropy:  # filtered tokens have p = 0 and log p = −inf: 0·log 0 counts as 0
+        entropy = -(probs * (logp if top_k == 0 and top_p >= 1.0 else logp.masked_fill(probs == 0, 0.0))).sum(-1)
+    return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1), entropy
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
                 generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     """One step: logits (B, V) -> (tokens (B,), logprobs (B,)) under the filtered, tempered distribution."""
-    logp = F.log_softmax(filter_logits(logits.float() / temperature, top_k, top_p), dim=-1)
-    tokens = sample_categorical(logp.exp(), generator)
-    return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+    tokens, logprobs, _ = sample_from(logits, temperature, top_k, top_p,
+                                      uniforms(logits.shape[0], generator, logits.device))
+    return tokens, logprobs
+
+
+def decode_step(model, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, attn_mask, r: torch.Tensor,
+                temperature: float, top_k: int, top_p: float, with_entropy: bool):
+    """The one step of the decoding loop: feed token t of every row (B,), at `positions` (B,), and sample
+    token t+1 -> (hidden (B, C) that predicts it, tokens, logprobs, entropy) as sample_from gives them.
+
+    One function, so that it can be compiled whole (generate(compile_step=True)).
+    """
+    hidden = model.hidden_states(tokens[:, None], cache=cache, position_ids=positions[:, None],
+                                 attn_mask=attn_mask)[:, 0]
+    return hidden, *sample_from(model.lm_head(hidden), temperature, top_k, top_p, r, with_entropy)
+
+
+def compiled_decode_step(device: torch.device):
+    """decode_step through torch.compile (its compiled code is cached with decode_step, so only the first call
+    compiles). On CPU with inductor's C++ wrapper: the step's ~35 kernels are then called from C++, not Python,
+    which at batch 1 saves a tenth of the step (benchmarks/RESULTS.md)."""
+    return torch.compile(decode_step, options={"cpp_wrapper": True} if device.type == "cpu" else None)
 
 
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
-             generator: torch.Generator | None = None, pad_id: int = 0) -> GenerationOutput:
-    """Sample up to `max_new_tokens` for every prompt at once. Stops early when every row has hit EOS."""
+             generator: torch.Generator | None = None, pad_id: int = 0, keep_hidden: bool = False,
+             keep_entropy: bool = False, compile_step: bool = False) -> GenerationOutput:
+    """Sample up to `max_new_tokens` for every prompt at once. Stops early when every row has hit EOS.
+
+    keep_entropy: also return each step's entropy (B, N) (0 where masked); keep_hidden: also return the
+    final hidden state that predicted each token (B, N, n_embd) (0 where masked): the rollout reads its
+    entropy and value-head values from these, so that it needs no second forward of the policy.
+    compile_step: torch.compile decode_step (compiled_decode_step; opt-in: the first call compiles for tens of
+    seconds, the second length once more, with dynamic shapes; afterwards each step runs fewer, fused kernels,
+    which matters at batch 1, where a step is mostly small ops). Same tokens; logprobs to ~1e-6.
+    """
     if temperature <= 0:
         raise ValueError("temperature must be > 0 (use top_k=1 for greedy decoding)")
     device = next(model.parameters()).device
@@ -110,37 +170,60 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
                          f"block_size={model.config.block_size}")
     was_training = model.training
     model.eval()
-    mask = torch.zeros(B, P + max_new_tokens, dtype=torch.long, device=device)
-    mask[:, :P] = prompt_mask
+    sample = dict(temperature=temperature, top_k=top_k, top_p=top_p, with_entropy=keep_entropy)
+    step = compiled_decode_step(device) if compile_step else decode_step
     tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
     logprobs = torch.zeros(B, max_new_tokens, device=device)
+    entropy = torch.zeros(B, max_new_tokens, device=device) if keep_entropy else None
+    hidden = torch.zeros(B, max_new_tokens, model.config.n_embd, device=device) if keep_hidden else None
+    alive = torch.ones(B, max_new_tokens, dtype=torch.bool, device=device)    # the response mask, as bools
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
     with autocast(device):  # bf16 on CUDA, as every forward in minirlhf; nothing on CPU
-        finished = torch.zeros(B, dtype=torch.bool, device=device)
         cache = KVCache(model.config, B, P + max_new_tokens)
-        hidden = model.hidden_states(ids, prompt_mask, cache)                              # prefill
-        # A step's one query sees every real key so far, and sits at position (real prompt tokens) + t. Both are
-        # kept here, updated in place, rather than rebuilt from the (B, L) mask at every step. (A finished row's
-        # query does not see its own pad key; it still sees its prompt, and its output is never read.)
-        visible = mask.bool()[:, None, None, :]                                            # (B, 1, 1, P+N)
-        first_pos = prompt_mask.sum(-1, keepdim=True)                                      # (B, 1)
+        h = model.hidden_states(ids, prompt_mask, cache)[:, -1]                                   # prefill
+        tok, lp, ent = sample_from(model.lm_head(h), r=uniforms(B, generator, device), **sample)
+        attn_mask = step_attn_mask(prompt_mask, max_new_tokens, cache.kv.dtype)
+        first_pos = prompt_mask.sum(-1)                                                         # (B,)
         n = 0
+        # Each step writes what it sampled, raw; what a finished row samples after its EOS is masked at the end.
         for t in range(max_new_tokens):
-            tok, lp = sample_next(model.lm_head(hidden[:, -1]), temperature, top_k, top_p, generator)
-            tokens[:, t] = torch.where(finished, pad_id, tok)
-            logprobs[:, t] = torch.where(finished, 0.0, lp)
-            mask[:, P + t] = (~finished).long()
-            visible[:, 0, 0, P + t] = ~finished
+            tokens[:, t], logprobs[:, t] = tok, lp
+            if keep_entropy:
+                entropy[:, t] = ent
+            if keep_hidden:
+                hidden[:, t] = h
             n = t + 1
             if eos_id is not None:
+                alive[:, t] = ~finished
                 finished |= tok == eos_id
                 if finished.all():
                     break
             if t + 1 < max_new_tokens:
-                hidden = model.hidden_states(tokens[:, t:t + 1], mask[:, :P + t + 1], cache,     # one step
-                                             position_ids=first_pos + t, attn_mask=visible[..., :P + t + 1])
+                h, tok, lp, ent = step(model, tokens[:, t], first_pos + t, cache,
+                                       None if attn_mask is None else attn_mask[..., :P + t + 1],
+                                       uniforms(B, generator, device), **sample)
     model.train(was_training)
-    return GenerationOutput(sequences=torch.cat([ids, tokens[:, :n]], 1), attention_mask=mask[:, :P + n],
-                            response_mask=mask[:, P:P + n].clone(), logprobs=logprobs[:, :n], prompt_len=P)
+    alive = alive[:, :n]
+    response_mask = alive.long()
+    return GenerationOutput(sequences=torch.cat([ids, tokens[:, :n].masked_fill(~alive, pad_id)], 1),
+                            attention_mask=torch.cat([prompt_mask, response_mask], 1), response_mask=response_mask,
+                            logprobs=logprobs[:, :n] * alive, prompt_len=P,
+                            entropy=None if entropy is None else entropy[:, :n] * alive,
+                            hidden=None if hidden is None else hidden[:, :n] * alive[..., None])
+
+
+def step_attn_mask(prompt_mask: torch.Tensor, max_new_tokens: int, dtype) -> torch.Tensor | None:
+    """The keys a decoding step's query may see, as an additive mask (B, 1, 1, P+N) of 0 and −inf (SDPA would
+    turn a boolean one into that in every layer, at every step): every key but the prompts' left padding.
+
+    A finished row goes on attending to its own pads; its outputs are never read. None when no prompt is padded
+    (batch 1, prompts of one length): SDPA then runs without a mask, its fastest path.
+    """
+    if bool(prompt_mask.all()):
+        return None
+    visible = F.pad(prompt_mask.bool(), (0, max_new_tokens), value=True)                        # (B, P+N)
+    return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(
+        ~visible, float("-inf"))[:, None, None, :]
 
 
 def fit_to_context(prompt: list[int], max_new_tokens: int, block_size: int) -> tuple[list[int], int]:

@@ -7,7 +7,7 @@ import torch
 from minirlhf import GPT, GPTConfig, RewardModel
 from minirlhf.advantages import AdaptiveKLController, FixedKLController, compute_gae, kl_penalty, shape_rewards
 from minirlhf.ppo import ActorCritic, PPOConfig, PPOTrainer
-from minirlhf.rollout import apply_missing_eos_penalty, sequence_logprobs
+from minirlhf.rollout import apply_missing_eos_penalty, collect, sequence_logprobs
 
 CFG = GPTConfig(vocab_size=20, n_layer=1, n_head=2, n_embd=32, block_size=40)
 TOKEN = 7
@@ -151,8 +151,37 @@ def test_rollout_logprobs_match_the_sampler():
 
 # ------------------------------------------------------------------ the trainer
 
-def test_first_minibatch_ratio_is_exactly_one():
-    trainer = make_trainer()
+def test_rollout_comes_from_the_sampler_and_equals_a_full_forward():
+    """The rollout's logprobs, entropy and shared-head values come from the sampler's own pass (no second policy
+    forward): its logprobs are exactly generate()'s, and all three equal a full forward's to 1e-5."""
+    from minirlhf import generate
+    trainer = make_trainer(temperature=0.7)
+    torch.nn.init.normal_(trainer.model.value_head.v.weight)
+    prompts = [[1, 5], [1, 6, 4], [1, 3, 8, 9]] * 4
+    state = trainer.generator.get_state()
+    ro = trainer.rollout(prompts)
+    trainer.generator.set_state(state)
+    gen = generate(trainer.policy, prompts, 8, temperature=0.7, eos_id=2, generator=trainer.generator)
+    assert torch.equal(ro.sequences, gen.sequences) and torch.equal(ro.logprobs, gen.logprobs)
+    assert ro.response_mask.eq(0).any()  # EOS turned up, so masking is exercised
+
+    trainer.generator.set_state(state)
+    again = collect(trainer.policy, trainer.ref_policy, count_token_reward, prompts, 8, 0.7, 2, 0, trainer.generator,
+                    value_fn=trainer.model.values, recompute_logprobs=True)
+    assert torch.equal(again.sequences, ro.sequences)
+    for name in ("logprobs", "entropy", "values", "ref_logprobs", "scores"):
+        torch.testing.assert_close(getattr(ro, name), getattr(again, name), atol=1e-5, rtol=0, msg=name)
+    logprobs, values = trainer.model(ro.sequences, ro.attention_mask, ro.prompt_len, 0.7)  # the update's forward
+    torch.testing.assert_close(ro.logprobs, logprobs * ro.response_mask, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ro.values, values * ro.response_mask, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_first_minibatch_ratio_is_exactly_one(recompute):
+    """The update's old logprobs are the rollout's and its new ones a full forward of the same weights, so the
+    first minibatch's ratio is 1 up to float rounding: exactly with recompute_logprobs, and within the ~1e-7 by
+    which a cached one-token step and a full forward round differently when they come from the sampler."""
+    trainer = make_trainer(recompute_logprobs=recompute)
     stats = trainer.step([[1, 5]] * 16)
     assert abs(stats["ppo/first_ratio_mean"] - 1.0) < 1e-6
     assert stats["ppo/first_approx_kl"] < 1e-10
@@ -211,6 +240,19 @@ def test_compiled_update_gives_the_same_update(monkeypatch):
     for pa, pb in zip(a.model.parameters(), b.model.parameters()):
         torch.testing.assert_close(pa, pb, atol=1e-6, rtol=1e-5)
     assert not torch.equal(b.model.policy.lm_head.weight, make_trainer().model.policy.lm_head.weight)
+
+
+def test_compiled_sampler_gives_the_same_rollout(monkeypatch):
+    """compile_sampler=True sends the sampler's step through torch.compile ("eager" backend here, as above)."""
+    compile_, calls = torch.compile, []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: calls.append(fn) or compile_(fn, backend="eager"))
+    a = make_trainer().rollout([[1, 5], [1, 6, 4]] * 8)
+    b = make_trainer(compile_sampler=True).rollout([[1, 5], [1, 6, 4]] * 8)
+    assert [fn.__name__ for fn in calls] == ["decode_step"]
+    assert torch.equal(a.sequences, b.sequences)
+    for name in ("logprobs", "entropy", "values"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), atol=1e-6, rtol=0, msg=name)
+    torch._dynamo.reset()
 
 
 def test_separate_critic_starts_from_the_reward_model():

@@ -39,6 +39,45 @@ def test_cached_equals_uncached(tiny_gpt, temperature, top_k, top_p):
     torch.testing.assert_close(out.logprobs, lps, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("top_k", [0, 5])
+def test_kept_entropy_and_hidden_states_equal_a_full_forward(tiny_gpt, top_k):
+    """keep_entropy / keep_hidden: what the sampler computed while sampling equals what a full forward over the
+    finished sequences gives (left padding, EOS and the tokens masked after it included); with top-k on, the
+    entropy is that of the filtered distribution sampled from."""
+    T = 0.8
+    out = generate(tiny_gpt, [[1, 5, 6, 7, 8], [1, 9], [1, 3, 4]] * 3, 15, temperature=T, top_k=top_k, eos_id=2,
+                   generator=torch.Generator().manual_seed(2), keep_entropy=True, keep_hidden=True)
+    m = out.response_mask
+    assert m.eq(0).any(), "some row should have finished early, so that masking is exercised"
+    hidden = tiny_gpt.hidden_states(out.sequences, out.attention_mask)[:, out.prompt_len - 1:-1]
+    torch.testing.assert_close(out.hidden, hidden * m[..., None], atol=1e-5, rtol=0)
+    logp = F.log_softmax(filter_logits(tiny_gpt.lm_head(hidden) / T, top_k=top_k), -1)
+    entropy = -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)              # 0·log 0 = 0 for filtered tokens
+    torch.testing.assert_close(out.entropy, entropy * m, atol=1e-5, rtol=0)
+    assert out.entropy[m.bool()].min() > 0
+
+
+def test_compiled_step_samples_the_same(tiny_gpt, monkeypatch):
+    """compile_step=True runs decode_step through torch.compile (here its "eager" backend, which needs no C++
+    compiler, with fullgraph=True: the step must trace as one graph) and samples the same tokens."""
+    compile_, calls = torch.compile, []
+    monkeypatch.setattr(torch, "compile",
+                        lambda fn, **kw: calls.append(fn) or compile_(fn, backend="eager", fullgraph=True))
+    prompts, kw = [[1, 5, 6, 7, 8], [1, 9], [1, 3, 4]], dict(temperature=0.9, eos_id=2, keep_entropy=True)
+    out = generate(tiny_gpt, prompts, 12, generator=torch.Generator().manual_seed(4), compile_step=True, **kw)
+    ref = generate(tiny_gpt, prompts, 12, generator=torch.Generator().manual_seed(4), **kw)
+    assert [fn.__name__ for fn in calls] == ["decode_step"]
+    assert torch.equal(out.sequences, ref.sequences)
+    torch.testing.assert_close(out.logprobs, ref.logprobs, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.entropy, ref.entropy, atol=1e-6, rtol=0)
+    torch._dynamo.reset()  # the compiled step is cached with decode_step: leave no eager-backend entry behind
+
+
+def test_nothing_is_kept_unless_asked(tiny_gpt):
+    out = generate(tiny_gpt, [[1, 4]], 3, generator=torch.Generator().manual_seed(0))
+    assert out.entropy is None and out.hidden is None
+
+
 def test_logprobs_are_of_the_tempered_distribution(tiny_gpt):
     prompts = [[1, 4, 5], [1, 6]]
     T = 0.6
