@@ -33,9 +33,9 @@ from .errors import InputError
 from .losses import ppo_policy_loss
 from .model import GPT
 from .online import OnlineConfig, OnlineTrainer, train_online
-from .ops import masked_aggregate, masked_mean
+from .ops import masked_aggregate
 from .optim import minibatch_update
-from .rollout import PolicyLogprobs, Rollout, collect
+from .rollout import PolicyLogprobs, Rollout
 from .runtime import autocast, sync_params
 
 
@@ -159,29 +159,18 @@ class GRPOTrainer(OnlineTrainer):
         c = self.config
         self.begin_iteration()
         with self.timer("time/rollout_s"):
-            ro = collect(self.policy, self.ref_policy, self.reward, [p for p in prompts for _ in range(c.group_size)],
-                         c.max_new_tokens, c.temperature, c.eos_id, c.pad_id, self.generator, c.missing_eos_penalty,
-                         timer=self.timer)
+            ro = self.rollout([p for p in prompts for _ in range(c.group_size)])
         self.check_reward(ro.scores)
         kl_coef = self.kl_ctl.kl_coef
         kl, advantages = self.advantages(ro, kl_coef)
         with self.timer("time/update_s"):
             stats = self.update(ro, advantages, kl_coef)
-        kl_per_seq = kl.sum(-1).mean().item()
-        self.end_iteration(kl_per_seq, ro.sequences.shape[0])
+        self.end_iteration(kl.sum(-1).mean().item(), ro.sequences.shape[0])
         groups = ro.scores.view(-1, c.group_size)
-        m = ro.response_mask
-        return {
-            "iteration": self.iteration,
-            "env/reward_mean": ro.scores.mean().item(), "env/reward_std": ro.scores.std().item(),
-            "objective/kl": kl_per_seq, "objective/kl_coef": kl_coef,
-            "objective/entropy": masked_mean(ro.entropy, m).item(),
+        return self.metrics(ro, kl, kl_coef, {
             f"{self.prefix}/advantages_abs_mean": advantages.abs().mean().item(),
             f"{self.prefix}/zero_std_frac": (groups.max(1).values == groups.min(1).values).float().mean().item(),
-            **stats,
-            "tokens/response_len": m.sum(-1).mean().item(),
-            **self.timer.times,
-        }
+            **stats})
 
     def save(self, out_dir, tokenizer):
         self.policy.save_pretrained(out_dir, tokenizer)

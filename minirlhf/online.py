@@ -18,7 +18,8 @@ from .advantages import AdaptiveKLController, FixedKLController
 from .config import validate
 from .errors import InputError
 from .optim import lr_at, make_adamw, set_lr
-from .rollout import load_policy_and_reward
+from .ops import masked_mean
+from .rollout import Rollout, collect, load_policy_and_reward
 from .run import Run
 from .runtime import (PhaseTimer, dist_info, init_distributed, mean_across_ranks, rank_seed,
                       resolve_device, seed_everything)
@@ -133,6 +134,25 @@ class OnlineTrainer:
         if c.iterations and c.lr_schedule == "linear":
             set_lr(self.optimizer, lr_at(self.iteration, c.iterations, c.lr, schedule="linear", min_ratio=0.0))
         self.timer = PhaseTimer(self.device)
+
+    def rollout(self, prompts: list[list[int]], value_fn=None) -> Rollout:
+        """rollout.collect with this trainer's policy, reference, reward, generator and timer."""
+        c = self.config
+        return collect(self.policy, self.ref_policy, self.reward, prompts, c.max_new_tokens, c.temperature, c.eos_id,
+                       c.pad_id, self.generator, c.missing_eos_penalty, value_fn=value_fn,
+                       recompute_logprobs=c.recompute_logprobs, compile_step=c.compile_sampler, timer=self.timer)
+
+    def metrics(self, ro: Rollout, kl: torch.Tensor, kl_coef: float, stats: dict) -> dict:
+        """The row every online trainer logs: reward, KL (the configured estimator, summed over a response),
+        β, entropy and response length, then the algorithm's own `stats`, then the phase timings."""
+        m = ro.response_mask
+        return {"iteration": self.iteration,
+                "env/reward_mean": ro.scores.mean().item(), "env/reward_std": ro.scores.std().item(),
+                "objective/kl": kl.sum(-1).mean().item(), "objective/kl_coef": kl_coef,
+                "objective/entropy": masked_mean(ro.entropy, m).item(),
+                **stats,
+                "tokens/response_len": m.sum(-1).mean().item(),
+                **self.timer.times}
 
     def check_reward(self, scores: torch.Tensor):
         """Stop before any update if a reward is NaN on any rank (all ranks stop together)."""

@@ -41,7 +41,7 @@ from .model import GPT, RewardModel, ValueHead
 from .online import OnlineConfig, OnlineTrainer, train_online
 from .ops import masked_mean, masked_whiten
 from .optim import minibatch_update
-from .rollout import Rollout, collect, response_hidden, response_logprobs
+from .rollout import Rollout, response_hidden, response_logprobs
 from .runtime import autocast, sync_params
 
 
@@ -145,10 +145,7 @@ class PPOTrainer(OnlineTrainer):
 
     # ------------------------------------------------------------ 1. rollout
     def rollout(self, prompts: list[list[int]]) -> Rollout:
-        c = self.config
-        return collect(self.model.policy, self.ref_policy, self.reward, prompts, c.max_new_tokens, c.temperature,
-                       c.eos_id, c.pad_id, self.generator, c.missing_eos_penalty, value_fn=self.model.values,
-                       recompute_logprobs=c.recompute_logprobs, compile_step=c.compile_sampler, timer=self.timer)
+        return super().rollout(prompts, value_fn=self.model.values)
 
     # ------------------------------------------------------------ 2. shaping and 3. GAE
     def advantages(self, ro: Rollout, kl_coef: float):
@@ -199,22 +196,14 @@ class PPOTrainer(OnlineTrainer):
         kl, advantages, returns = self.advantages(ro, kl_coef)
         with self.timer("time/update_s"):
             stats = self.update(ro, advantages, returns)
-        kl_per_seq = kl.sum(-1).mean().item()
-        self.end_iteration(kl_per_seq, len(prompts))
+        self.end_iteration(kl.sum(-1).mean().item(), len(prompts))
         m = ro.response_mask
-        return {
-            "iteration": self.iteration,
-            "env/reward_mean": ro.scores.mean().item(), "env/reward_std": ro.scores.std().item(),
-            "objective/kl": kl_per_seq, "objective/kl_coef": kl_coef,
-            "objective/entropy": masked_mean(ro.entropy, m).item(),
+        return self.metrics(ro, kl, kl_coef, {
             "objective/non_score_reward": (-kl_coef * kl).sum(-1).mean().item(),
             "ppo/returns_mean": masked_mean(returns, m).item(),
             "ppo/advantages_mean": masked_mean(advantages, m).item(),
             "ppo/explained_variance": explained_variance(ro.values, returns, m),
-            **stats,
-            "tokens/response_len": m.sum(-1).mean().item(),
-            **self.timer.times,
-        }
+            **stats})
 
     def save(self, out_dir, tokenizer):
         out = Path(out_dir)
