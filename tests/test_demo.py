@@ -81,14 +81,14 @@ def test_rerun_skips_finished_stages_and_a_changed_stage_reruns_from_there(quick
     r = demo(out)
     assert {s: (out / s / "stage.json").stat().st_mtime_ns for s in marks} == marks
     assert r.stdout.splitlines()[:4] == [f"reusing {s}/ (settings unchanged)" for s in stages]
-    r = demo(out, "--ppo.kl_coef=0.2")  # a PPO field: pretraining and the reward model are reused
+    r = demo(out, "--ppo.kl_coef=0.3")  # a PPO field: pretraining and the reward model are reused
     assert (out / "sft" / "stage.json").stat().st_mtime_ns == marks["sft"]
     assert (out / "reward" / "model.safetensors").read_bytes() == weights["reward"]
     assert (out / "policy" / "stage.json").stat().st_mtime_ns != marks["policy"]
-    assert json.loads((out / "report.json").read_text())["config"]["ppo"]["kl_coef"] == 0.2
+    assert json.loads((out / "report.json").read_text())["config"]["ppo"]["kl_coef"] == 0.3
     assert r.stdout.splitlines()[1:4] == ["reusing sft/ (settings unchanged)", "reusing reward/ (settings unchanged)",
-                                          "re-training policy/ (settings changed: ppo.kl_coef=0.3 -> 0.2)"]
-    r = demo(out, "--ppo.kl_coef=0.2", "--reward.lr=0.001")  # a reward field: the policy re-runs after it
+                                          "re-training policy/ (settings changed: ppo.kl_coef=0.2 -> 0.3)"]
+    r = demo(out, "--ppo.kl_coef=0.3", "--reward.lr=0.001")  # a reward field: the policy re-runs after it
     assert r.stdout.splitlines()[1:4] == ["reusing sft/ (settings unchanged)",
                                          "re-training reward/ (settings changed: reward.lr=0.0005 -> 0.001)",
                                          "re-training policy/ (reward/ re-ran, so its input changed)"]

@@ -47,11 +47,11 @@ METHODS = ("ppo", "grpo", "rloo", "dpo", "rrhf", "best_of_n")
 
 
 def _grpo() -> GRPOConfig:
-    return GRPOConfig(iterations=60, batch_size=64, group_size=4, max_new_tokens=24, lr=2e-4, kl_coef=0.1)
+    return GRPOConfig(iterations=100, batch_size=64, group_size=4, max_new_tokens=24, lr=2e-4, kl_coef=0.1)
 
 
 def _rloo() -> RLOOConfig:
-    return RLOOConfig(iterations=60, batch_size=64, group_size=4, max_new_tokens=24, lr=2e-4, kl_coef=0.3)
+    return RLOOConfig(iterations=100, batch_size=64, group_size=4, max_new_tokens=24, lr=2e-4, kl_coef=0.2)
 
 
 def _dpo() -> DPOConfig:
@@ -74,7 +74,7 @@ class CompareConfig:
     grpo: GRPOConfig = field(default_factory=_grpo)
     """GRPO (--grpo.<key>): G = 4 responses per prompt, k3 KL loss term."""
     rloo: RLOOConfig = field(default_factory=_rloo)
-    """RLOO (--rloo.<key>): leave-one-out baseline, k1 KL in the reward (β as PPO's)."""
+    """RLOO (--rloo.<key>): leave-one-out baseline, k1 KL in the reward (β = 0.2, as the demo's PPO)."""
     dpo: DPOConfig = field(default_factory=_dpo)
     """DPO (--dpo.<key>) on best-vs-worst pairs of the preference samples."""
     rrhf: RRHFConfig = field(default_factory=_rrhf)

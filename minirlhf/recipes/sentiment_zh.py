@@ -51,7 +51,7 @@ def _reward() -> RewardConfig:
 
 
 def _ppo() -> PPOConfig:
-    return PPOConfig(iterations=60, batch_size=64, max_new_tokens=24, lr=2e-4, kl_coef=0.3)
+    return PPOConfig(iterations=100, batch_size=64, max_new_tokens=24, lr=2e-4, kl_coef=0.2)
 
 
 @dataclass
@@ -78,7 +78,9 @@ class DemoConfig:
     """Stage 3, the reward model: Bradley–Terry on (positive, negative) review pairs, its trunk from the
     reference policy (--reward.<key>)."""
     ppo: PPOConfig = field(default_factory=_ppo)
-    """Stage 4, PPO from the prompt pool with a KL penalty to the reference (--ppo.<key>)."""
+    """Stage 4, PPO from the prompt pool with a KL penalty to the reference (--ppo.<key>): 100 iterations,
+    β = 0.2 (with the SFT stage, the setting that put the held-out judge rate above 0.85 on every seed tried;
+    the README gives the sweep)."""
     widen_pool: int = 0
     """Extra PPO prompts cut from (training-split) review openings, on top of the 4-prompt pool."""
     judge_every: int = 10
