@@ -78,3 +78,9 @@ def test_table_marks_best_of_n_kl_as_a_bound():
 def test_quick_preset_is_small():
     c = quick_compare_config()
     assert c.demo.quick and c.grpo.iterations <= 4 and c.dpo.steps <= 8
+
+
+def test_evaluation_steps_are_log_spaced_and_end_at_the_last():
+    from minirlhf.recipes.compare import eval_steps
+    assert sorted(eval_steps(100, 8)) == [1, 2, 4, 7, 14, 27, 52, 100]
+    assert eval_steps(2, 1) == {2} and sorted(eval_steps(5, 2)) == [1, 5]

@@ -87,9 +87,9 @@ class CompareConfig:
     """Samples per draw, ranked by the reward model: DPO takes the best and the worst, RRHF all of them."""
     best_of_n: str = "1,2,4,8,16,32,64"
     """The n of best-of-n, comma-separated."""
-    eval_points: int = 6
-    """Evaluations along each method's training (and one of sft at KL 0)."""
-    eval_samples: int = 16
+    eval_points: int = 8
+    """Evaluations along each method's training, log-spaced (most KL is spent early), and one of sft at KL 0."""
+    eval_samples: int = 32
     """Samples per pool prompt at each evaluation."""
 
     shared_fields = ("seed", "device")  # set here once for everything, never as --grpo.seed
@@ -172,10 +172,10 @@ def run_method(name: str, out: Path, config: CompareConfig, prep, evaluator: Eva
     if name == "best_of_n":
         curve = [evaluator.best_of_n(int(n)) for n in config.best_of_n.split(",")]
     elif name in ("ppo", "grpo", "rloo"):
-        every = max(cfg.iterations // config.eval_points, 1)
+        at = eval_steps(cfg.iterations, config.eval_points)
 
         def on_iteration(trainer, row):
-            if row["iteration"] % every == 0 or row["iteration"] == cfg.iterations:
+            if row["iteration"] in at:
                 curve.append(evaluator(trainer.policy, row["iteration"]))
 
         train = train_ppo if name == "ppo" else train_grpo
@@ -183,10 +183,10 @@ def run_method(name: str, out: Path, config: CompareConfig, prep, evaluator: Eva
               show_progress=show_progress, on_iteration=on_iteration)
     else:
         pairs, rankings = preferences(out, config, prep, upstream)
-        every = max(cfg.steps // config.eval_points, 1)
+        at = eval_steps(cfg.steps, config.eval_points)
 
         def on_step(model, row):
-            if row["step"] % every == 0 or row["step"] == cfg.steps:
+            if row["step"] in at:
                 curve.append(evaluator(model, row["step"]))
 
         train = train_dpo if name == "dpo" else train_rrhf
@@ -197,6 +197,13 @@ def run_method(name: str, out: Path, config: CompareConfig, prep, evaluator: Eva
     save_json(method_dir / "curve.json", result)
     mark_done(method_dir, digest, result["seconds"], settings)
     return result
+
+
+def eval_steps(total: int, points: int) -> set[int]:
+    """About `points` steps in 1 … total, log-spaced and always including the last: 100, 8 -> 1 2 4 7 14 27 52 100."""
+    if points == 1:
+        return {total}
+    return {round(total ** (i / (points - 1))) for i in range(points)} | {total}
 
 
 def preferences(out: Path, config: CompareConfig, prep, upstream: str):
