@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from bench_ppo import B, P, R, build, medians, ppo_trainer
+from bench_ppo import B, R, build, medians, ppo_trainer
 from common import add_common_args, cpu_share, load_average, report, setup
 from trl_common import Alternate, PhaseClock, hf_models, warm_up, word_tokenizer
 

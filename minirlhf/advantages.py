@@ -1,6 +1,6 @@
 """From a rollout's scores to per-token advantages: KL estimators and shaping, GAE, KL controllers.
 
-    scores (B,), logprobs, ref_logprobs (B, T) ──shape_rewards──▶ r_t = −β·KL_t (+ score at the last token)
+    scores (B,), logprobs, ref_logprobs (B, T) ──shape_rewards──▶ r_t = −β·KL_t (+ the score at the end)
         ──compute_gae (with the critic's values)──▶ advantages, returns          (PPO)
 
 The critic-free methods replace GAE with a baseline built from the other samples of the same prompt;

@@ -139,7 +139,8 @@ class GRPOTrainer(OnlineTrainer):
                                        c.loss_aggregation, c.max_new_tokens)
             loss = pg_loss + kl_coef * kl_loss
             out[f"{self.prefix}/kl_loss"] = kl_loss.detach()
-        return loss, {f"{self.prefix}/loss": loss.detach(), **out, **{f"{self.prefix}/{k}": v for k, v in stats.items()}}
+        stats = {f"{self.prefix}/{k}": v for k, v in stats.items()}
+        return loss, {f"{self.prefix}/loss": loss.detach(), **out, **stats}
 
     def update(self, ro: Rollout, advantages, kl_coef: float) -> dict:
         c, p = self.config, self.prefix

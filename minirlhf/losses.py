@@ -37,7 +37,8 @@ def best_of_k_loss(rewards: torch.Tensor, best_idx: torch.Tensor) -> torch.Tenso
 
     rewards (B, K) float, best_idx (B,) long -> scalar.
 
-    Worked example (the reward-model study notes' loss_v1, docs/references.md): every row is a, a+1, a+2, a+3, so every row has
+    Worked example (loss_v1 of the reward-model study notes, docs/references.md): every row is
+    a, a+1, a+2, a+3, so every row has
     log-sum-exp = a + log(1 + e + e^2 + e^3) = a + 3.4402. With best_idx = [0, 1, 2, 3] the
     per-row losses are 3.4402 - 0, -1, -2, -3, and their mean is 3.4402 - 1.5 = 1.9402.
     """
@@ -137,7 +138,8 @@ def plackett_luce_loss(rewards: torch.Tensor, ranks: torch.Tensor) -> torch.Tens
 
 
 def sigmoid_rank_loss(rewards: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
-    """The original Chinese rank-list example (the RLHF Cookbook, docs/references.md): kept to show why it is the wrong loss.
+    """The original Chinese rank-list example (the RLHF Cookbook, docs/references.md): kept to show why it is
+    the wrong loss.
 
         loss = -mean_{pairs} sigma(r_better - r_worse)       (no log; InstructGPT has log sigma)
 

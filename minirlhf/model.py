@@ -6,8 +6,8 @@ tanh-approximated GELU, and an LM head tied to the token embedding. Parameter na
 (see checkpoint.py for the on-disk format).
 
 Padding: every forward takes an optional `attention_mask` (B, T) with 1 on real tokens. Positions are
-derived from it (`cumsum(mask) - 1`, as Hugging Face's GPT-2 takes position_ids), and keys at pad positions are masked, so a
-left-padded row gives the same logits at its real positions as the unpadded row.
+derived from it (`cumsum(mask) - 1`, as Hugging Face's GPT-2 takes position_ids), and keys at pad positions are
+masked, so a left-padded row gives the same logits at its real positions as the unpadded row.
 """
 from __future__ import annotations
 

@@ -234,7 +234,8 @@ def run_compare(out_dir="runs/compare", config: CompareConfig = CompareConfig(),
     for name in config.method_list():
         results[name] = run_method(name, out, config, prep, evaluator, prep.stages.hashes["reward"], show_progress)
     report = {"methods": results, "reward_model": prep.reward_model_accuracy,
-              "seconds": {"sft_and_reward": round(prep.seconds["pretrain"] + prep.seconds["reward"], 1), **{k: v["seconds"] for k, v in results.items()},
+              "seconds": {"reference_and_reward": round(sum(v for k, v in prep.seconds.items() if k != "data"), 1),
+                          **{k: v["seconds"] for k, v in results.items()},
                           "this_invocation": round(time.time() - t_start, 1)},
               "config": asdict(config)}
     save_json(out / "compare.json", report)

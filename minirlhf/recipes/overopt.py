@@ -28,7 +28,8 @@ from ..errors import InputError
 from ..plots import _figure, save_figure
 from ..ppo import train_ppo
 from . import reviews
-from .compare import Evaluator
+from .compare import Evaluator, eval_steps
+from .demo_report import evaluate
 from .sentiment_zh import DemoConfig, prepare, quick_config
 
 
@@ -46,7 +47,7 @@ class OveroptConfig:
     demo: DemoConfig = field(default_factory=_demo)
     """The demo's stages (--demo.<key>); its PPO runs long (240 iterations) with a small β (ppo.kl_coef=0.02)."""
     eval_every: int = 10
-    """PPO iterations between evaluations."""
+    """PPO iterations between evaluations (and a few log-spaced ones at the start, where KL moves fastest)."""
     eval_samples: int = 16
     """Samples per pool prompt at each evaluation."""
 
@@ -89,38 +90,48 @@ def run_overoptimization(out_dir="runs/overopt", config: OveroptConfig = Overopt
     evaluator = Evaluator(prep, demo, config.eval_samples)
     curve = [evaluator(prep.sft, 0)]
 
+    total = demo.ppo.iterations
+    at = eval_steps(total, 5) | set(range(config.eval_every, total + 1, config.eval_every))  # + the first few
+
     def on_iteration(trainer, row):
-        if row["iteration"] % config.eval_every == 0 or row["iteration"] == demo.ppo.iterations:
+        if row["iteration"] in at:
             curve.append(evaluator(trainer.policy, row["iteration"]))
 
-    train_ppo(reviews.POOL, prep.sft_dir, prep.reward_dir, out / "policy", demo.stage("ppo"), overwrite=True,
-              show_progress=show_progress, on_iteration=on_iteration)
+    trainer = train_ppo(reviews.POOL, prep.sft_dir, prep.reward_dir, out / "policy", demo.stage("ppo"),
+                        overwrite=True, show_progress=show_progress, on_iteration=on_iteration)
+    samples = {}  # what the over-optimised policy writes, and what both judges make of it
+    for name, policy in (("start", prep.sft), ("end", trainer.policy)):
+        _, s, judged = evaluate(policy, prep.sft, prep.rm, prep.tokenizer, reviews.POOL, 2, demo, Evaluator.SEED)
+        samples[name] = [{"prompt": p, "response": r, "reward": round(x, 3), "judge": round(j, 3)}
+                         for p, r, x, j in zip(s.prompts, s.responses, s.rewards, judged)]
     for p in curve:
         p["sqrt_kl"] = round(math.sqrt(max(p["kl"], 0.0)), 4)
     d = [p["sqrt_kl"] for p in curve]
     fits = {name: fit_gao(d, [p[key] - curve[0][key] for p in curve])
             for name, key in (("proxy", "reward"), ("gold", "judge_positive_rate"))}
     report = {"curve": curve, "fits": {k: (None if v is None else {"alpha": v[0], "beta": v[1]}) for k, v in fits.items()},
-              "seconds": round(time.time() - t0, 1), "config": asdict(config)}
+              "samples": samples, "seconds": round(time.time() - t0, 1), "config": asdict(config)}
     save_json(out / "overopt.json", report)
     plot_overoptimization(curve, fits, out / "overopt.png")
     return report
 
 
 def plot_overoptimization(curve: list[dict], fits: dict, path):
-    """Proxy reward and gold (judge) rate against √KL, with Gao et al.'s fitted R(d) = d(α − β log d)."""
-    fig = _figure(figsize=(11, 4.2))
-    axes = fig.subplots(1, 2)
+    """Proxy reward and gold (judge) rate against √KL, with Gao et al.'s fitted R(d) = d(α − β log d), and
+    distinct-2: the diversity neither of them reads."""
+    fig = _figure(figsize=(15, 4.2))
+    axes = fig.subplots(1, 3)
     d = [p["sqrt_kl"] for p in curve]
     grid = [max(d) * i / 100 for i in range(1, 101)] if max(d) > 0 else []
     for ax, (name, key, title) in zip(axes, (("proxy", "reward", "proxy: reward-model score (optimised)"),
-                                             ("gold", "judge_positive_rate", "gold stand-in: judge positive rate"))):
-        ax.plot(d, [p[key] for p in curve], "o-", ms=4, label="PPO, evaluated every few iterations")
+                                             ("gold", "judge_positive_rate", "gold stand-in: judge positive rate"),
+                                             (None, "distinct_2", "distinct-2 of the responses"))):
+        ax.plot(d, [p[key] for p in curve], "o-", ms=4, label="PPO, evaluated along training")
         if fits.get(name) is not None and grid:
             a, b = fits[name]
             ax.plot(grid, [curve[0][key] + x * (a - b * math.log(x)) for x in grid], "--",
                     label=f"fit d(α − β log d): α={a:.2f}, β={b:.2f}")
-        ax.set_xlabel("√KL to sft  (d, √nats)")
+        ax.set_xlabel("√KL to the reference  (d, √nats)")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -129,7 +140,10 @@ def plot_overoptimization(curve: list[dict], fits: dict, path):
 
 def print_overoptimization(report: dict, out) -> None:
     print(f"\nrun directory: {out}")
-    print("iteration  √KL    proxy reward  judge rate")
+    print("iteration  √KL    proxy reward  judge rate  distinct-2")
     for p in report["curve"]:
-        print(f"{p['x']:>9}  {p['sqrt_kl']:.2f}  {p['reward']:+.3f}        {p['judge_positive_rate']:.3f}")
+        print(f"{p['x']:>9}  {p['sqrt_kl']:.2f}  {p['reward']:+.3f}        {p['judge_positive_rate']:.3f}       "
+              f"{p['distinct_2']:.3f}")
+    for when in ("start", "end"):
+        print(f"{when}: " + " / ".join(x["prompt"] + x["response"] for x in report["samples"][when][::2][:4]))
     print(f"figure: {Path(out) / 'overopt.png'}")
