@@ -34,15 +34,14 @@ no_grad: the reference; get_reward: the value model, then the reward model).
 """
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
 import torch
 
 from bench_ppo import B, P, R, build, medians, ppo_trainer
-from common import add_common_args, cpu_share, load_average, report, setup
-from trl_common import Alternate, PhaseClock, hf_models, hf_score_model, warm_up, word_tokenizer
+from common import cpu_share, load_average, report
+from trl_common import Alternate, PhaseClock, hf_models, hf_score_model, start, warm_up, word_tokenizer
 
 PHASES = ("generate", "reference", "value", "scoring")
 
@@ -87,14 +86,7 @@ def clock_trl_ppo(device) -> PhaseClock:
 
 
 def main():
-    parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    parser.add_argument("--compile-sampler", action="store_true",
-                        help="also time minirlhf with PPOConfig.compile_sampler (its sampler's step compiled)")
-    args = parser.parse_args()
-    device = setup(args)
-    import transformers
-    import trl
-    print(f"# trl {trl.__version__}, transformers {transformers.__version__}")
+    args, device = start(__doc__)
     variants = {"ppo_separate": dict(value_model="separate"), "ppo_shared": dict(value_model="shared")}
     if args.compile_sampler:
         variants["ppo_separate_compiled"] = dict(value_model="separate", compile_sampler=True)

@@ -35,15 +35,14 @@ inside the rollout, _calculate_rewards).
 """
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
 import torch
 
 from bench_ppo import B, R, build, medians, ppo_trainer
-from common import add_common_args, cpu_share, load_average, report, setup
-from trl_common import Alternate, PhaseClock, hf_models, warm_up, word_tokenizer
+from common import cpu_share, load_average, report
+from trl_common import Alternate, PhaseClock, hf_models, start, warm_up, word_tokenizer
 
 NUM_GENERATIONS = 4
 STEPS_PER_ITERATION = 4  # optimizer steps: 4 minibatches of 16
@@ -84,14 +83,7 @@ def clock_rloo(trainer, device) -> PhaseClock:
 
 
 def main():
-    parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    parser.add_argument("--compile-sampler", action="store_true",
-                        help="also time minirlhf with PPOConfig.compile_sampler (its sampler's step compiled)")
-    args = parser.parse_args()
-    device = setup(args)
-    import transformers
-    import trl
-    print(f"# trl {trl.__version__}, transformers {transformers.__version__}")
+    args, device = start(__doc__)
     ours = {}
     for name, config in (("ppo", {}), ("ppo_compiled", dict(compile_sampler=True)))[:1 + args.compile_sampler]:
         policy, ref, reward, prompts = build(args.seed, device)

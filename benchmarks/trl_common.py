@@ -9,6 +9,7 @@ neither side is charged the other's time, and load from other processes falls on
 """
 from __future__ import annotations
 
+import argparse
 import functools
 import statistics
 import time
@@ -17,6 +18,21 @@ from pathlib import Path
 import torch
 
 from bench_ppo import VOCAB, timed_step
+from common import add_common_args, setup
+
+
+def start(doc: str):
+    """Parse a TRL comparison's arguments (the common ones and --compile-sampler), set up the device and print
+    the versions under test. Returns (args, device)."""
+    parser = add_common_args(argparse.ArgumentParser(description=doc.splitlines()[0]))
+    parser.add_argument("--compile-sampler", action="store_true",
+                        help="also time minirlhf with PPOConfig.compile_sampler (its sampler's step compiled)")
+    args = parser.parse_args()
+    device = setup(args)
+    import transformers
+    import trl
+    print(f"# trl {trl.__version__}, transformers {transformers.__version__}")
+    return args, device
 
 
 def word_tokenizer():
