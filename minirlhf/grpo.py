@@ -98,7 +98,7 @@ class GRPOTrainer(OnlineTrainer):
                  generator: torch.Generator | None = None):
         self.model = PolicyLogprobs(policy)
         sync_params(self.model)   # torchrun: every rank starts from rank 0's weights
-        self.model.eval()         # dropout off (gradients still flow): the first ratio is exactly 1
+        self.model.eval()         # dropout off (gradients still flow): the first ratio is 1 (to rounding)
         self.freeze(ref_policy, reward)
         self.ref_policy, self.reward = ref_policy, reward
         super().__init__(config, generator)

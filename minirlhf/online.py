@@ -121,7 +121,7 @@ class OnlineTrainer:
     @staticmethod
     def freeze(reference, reward):
         """The reference (and a reward model) never learn; every model runs with dropout off, so that the
-        first minibatch of an update has ratio exactly 1 (the trainer's own models are put in eval too)."""
+        first minibatch of an update has ratio 1 up to float rounding (the trainer's own models are put in eval too)."""
         for m in (reference, reward):
             if isinstance(m, torch.nn.Module):
                 m.eval()
