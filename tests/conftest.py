@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -9,6 +11,15 @@ from minirlhf import GPT, GPTConfig
 # busy core can make a 5 s test take 100 s on a loaded machine. Subprocesses (CLI tests) inherit this.
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
+
+
+
+def run_cli(*args, check=True):
+    """`python -m minirlhf ARGS` (each str()-ed) in a subprocess; with check, a non-zero exit fails the test with
+    the tail of stderr."""
+    r = subprocess.run([sys.executable, "-m", "minirlhf", *map(str, args)], capture_output=True, text=True)
+    assert not check or r.returncode == 0, r.stderr[-3000:]
+    return r
 
 
 @pytest.fixture
@@ -56,6 +67,29 @@ def interrupt_run_at(monkeypatch, step: int):
 
     monkeypatch.setattr(Run, "log", die)
     return Killed, lambda: monkeypatch.setattr(Run, "log", log)
+
+
+def no_time(rows):
+    """Metric rows without their wall-clock entries (time/...), which differ between equal runs."""
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+
+def check_resume_equals_an_unbroken_run(train, data, init_dir, tmp_path, config, monkeypatch, kill_at=5):
+    """An offline trainer `train(data, init_dir, out_dir, config, ...)` run whole, and run again killed just before
+    step `kill_at` is logged and resumed, must log the same metrics (time aside) and end with the same weights.
+    Returns the whole run's metric rows."""
+    from minirlhf.tracking import read_metrics
+    full = train(data, init_dir, tmp_path / "full", config, show_progress=False)
+    killed, undo = interrupt_run_at(monkeypatch, kill_at)
+    with pytest.raises(killed):
+        train(data, init_dir, tmp_path / "broken", config, show_progress=False)
+    undo()
+    resumed = train(data, init_dir, tmp_path / "broken", config, resume=True, show_progress=False)
+    rows = read_metrics(tmp_path / "full" / "metrics.jsonl")
+    assert no_time(read_metrics(tmp_path / "broken" / "metrics.jsonl")) == no_time(rows)
+    for p, q in zip(full.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
+    return rows
 
 
 def write_tiny_policy(directory, texts=("abcd q:?",), n_layer=2, n_embd=32, block_size=32):

@@ -1,9 +1,8 @@
 """`minirlhf compare --quick`: every method on the flagship task at toy size, its table, figure and cache."""
 import json
-import subprocess
-import sys
 
 import pytest
+from conftest import run_cli
 
 from minirlhf.errors import InputError
 from minirlhf.recipes.compare import METHODS, CompareConfig, quick_compare_config, table
@@ -14,10 +13,7 @@ TINY = ["--demo.pretrain.steps=10", "--demo.reward.steps=5", "--demo.ppo.iterati
 
 
 def compare(out, *extra):
-    r = subprocess.run([sys.executable, "-m", "minirlhf", "compare", "--quick", "--out", str(out), *TINY, *extra],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r
+    return run_cli("compare", "--quick", "--out", out, *TINY, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +55,10 @@ def test_bad_settings_are_refused_before_anything_runs(tmp_path):
         CompareConfig(methods="ppo,nope")
     with pytest.raises(InputError, match="preference_k must be at least 2"):
         CompareConfig(preference_k=1)
-    r = subprocess.run([sys.executable, "-m", "minirlhf", "compare", "--quick", "--out", str(tmp_path / "x"),
-                        "--grpo.group_size=1"], capture_output=True, text=True)
+    r = run_cli("compare", "--quick", "--out", tmp_path / "x", "--grpo.group_size=1", check=False)
     assert r.returncode == 2 and "needs at least 2 responses per prompt" in r.stderr
     assert not (tmp_path / "x").exists()
-    r = subprocess.run([sys.executable, "-m", "minirlhf", "compare", "--quick", "--out", str(tmp_path / "x"),
-                        "--grpo.seed=3"], capture_output=True, text=True)
+    r = run_cli("compare", "--quick", "--out", tmp_path / "x", "--grpo.seed=3", check=False)
     assert r.returncode == 2 and "top-level --seed" in r.stderr
 
 

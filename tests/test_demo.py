@@ -1,11 +1,10 @@
 """`minirlhf demo --quick`: the whole flagship pipeline at toy size, its report, its cache, its seed."""
 import json
 import shutil
-import subprocess
-import sys
 from dataclasses import fields, replace
 
 import pytest
+from conftest import run_cli
 
 from minirlhf import Tokenizer
 from minirlhf.recipes import reviews
@@ -17,10 +16,7 @@ TINY = ["--pretrain.steps=10", "--reward.steps=5", "--ppo.iterations=2", "--eval
 
 
 def demo(out, *extra):
-    r = subprocess.run([sys.executable, "-m", "minirlhf", "demo", "--quick", "--out", str(out), *extra],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r
+    return run_cli("demo", "--quick", "--out", out, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +62,7 @@ def test_plot_command_draws_the_files_the_run_drew(quick_run, tmp_path):
         copy = tmp_path / (run.name if run != out else "demo")
         copy.mkdir()
         shutil.copy(run / "metrics.jsonl", copy / "metrics.jsonl")
-        r = subprocess.run([sys.executable, "-m", "minirlhf", "plot", "--run", str(copy)], capture_output=True,
-                           text=True)
-        assert r.returncode == 0, r.stderr
+        run_cli("plot", "--run", copy)
         drew = sorted(p.name for p in (run / "plots").glob("*.png"))
         assert figure in drew and sorted(p.name for p in (copy / "plots").glob("*.png")) == drew
 
@@ -122,7 +116,6 @@ def test_same_seed_same_report(tmp_path):
 
 def test_refuses_a_directory_that_is_not_a_demo_run(tmp_path):
     (tmp_path / "notes.txt").write_text("keep me")
-    r = subprocess.run([sys.executable, "-m", "minirlhf", "demo", "--quick", "--out", str(tmp_path)],
-                       capture_output=True, text=True)
+    r = run_cli("demo", "--quick", "--out", tmp_path, check=False)
     assert r.returncode == 2 and "not a minirlhf demo run" in r.stderr
     assert (tmp_path / "notes.txt").read_text() == "keep me" and len(list(tmp_path.iterdir())) == 1

@@ -5,18 +5,18 @@ forward for chosen and rejected.
 The synthetic task: after the prompt "q:", chosen responses are strings over "ac", rejected ones over "bd";
 a 2-layer, 32-wide GPT-2 (random init) is the policy and the reference.
 """
-import json
 import math
 import random
 
 import pytest
 import torch
-from conftest import interrupt_run_at
+from conftest import check_resume_equals_an_unbroken_run, no_time
 
 from minirlhf import GPT
 from minirlhf.data import Pair
 from minirlhf.dpo import DPOConfig, encode_pairs, pair_logps, train_dpo
 from minirlhf.errors import InputError
+from minirlhf.tracking import read_metrics
 
 FAST = dict(batch_size=16, lr=1e-3, warmup_steps=0, eval_every=100)
 
@@ -31,11 +31,7 @@ def ac_pairs(n, seed):
 
 
 def metrics(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def no_time(rows):
-    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+    return read_metrics(out / "metrics.jsonl")
 
 
 @pytest.mark.parametrize("precompute", [True, False])
@@ -79,15 +75,7 @@ def test_implicit_reward_accuracy_rises_on_a_synthetic_preference_set(init_dir, 
 
 def test_resume_equals_an_unbroken_run(init_dir, tmp_path, monkeypatch):
     cfg = DPOConfig(steps=6, save_every=2, val_fraction=0.2, eval_every=3, batch_size=8, lr=3e-3)
-    full = train_dpo(ac_pairs(40, 3), init_dir, tmp_path / "full", cfg, show_progress=False)
-    killed, undo = interrupt_run_at(monkeypatch, 5)
-    with pytest.raises(killed):
-        train_dpo(ac_pairs(40, 3), init_dir, tmp_path / "broken", cfg, show_progress=False)
-    undo()
-    resumed = train_dpo(ac_pairs(40, 3), init_dir, tmp_path / "broken", cfg, resume=True, show_progress=False)
-    assert no_time(metrics(tmp_path / "broken")) == no_time(metrics(tmp_path / "full"))
-    for p, q in zip(full.parameters(), resumed.parameters()):
-        assert torch.equal(p, q)
+    check_resume_equals_an_unbroken_run(train_dpo, ac_pairs(40, 3), init_dir, tmp_path, cfg, monkeypatch)
 
 
 def loop_logps(model, tok, prompt, response, average):

@@ -1,12 +1,10 @@
 """GRPO and RLOO: group baselines on the shared rollout, PPO's clipped loss, where the KL goes, the CLI."""
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import check_online_resume, write_tiny_rl_dirs
+from conftest import check_online_resume, run_cli, write_tiny_rl_dirs
 
 from minirlhf import GPT, GPTConfig
 from minirlhf.advantages import kl_penalty
@@ -147,11 +145,9 @@ def dirs(tmp_path_factory):
 @pytest.mark.parametrize("algo", ["grpo", "rloo"])
 def test_cli_writes_a_self_contained_policy(dirs, algo):
     out = dirs / algo
-    r = subprocess.run([sys.executable, "-m", "minirlhf", "grpo", "--algo", algo, "--prompts",
-                        str(dirs / "prompts.jsonl"), "--init", str(dirs / "sft"), "--reward", str(dirs / "reward"),
-                        "--out", str(out), "--iterations", "2", "--batch_size=8", "--group_size=4",
-                        "--num_minibatches=2", "--max_new_tokens=6"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
+    run_cli("grpo", "--algo", algo, "--prompts", dirs / "prompts.jsonl", "--init", dirs / "sft", "--reward",
+            dirs / "reward", "--out", out, "--iterations", "2", "--batch_size=8", "--group_size=4",
+            "--num_minibatches=2", "--max_new_tokens=6")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["iteration"] for row in rows] == [1, 2] and f"{algo}/loss" in rows[0]
     assert json.loads((out / "train_config.json").read_text())["kl_estimator"] == ("k1" if algo == "rloo" else "k3")
@@ -159,9 +155,8 @@ def test_cli_writes_a_self_contained_policy(dirs, algo):
 
 
 def test_cli_refuses_a_group_of_one(dirs):
-    r = subprocess.run([sys.executable, "-m", "minirlhf", "grpo", "--prompts", str(dirs / "prompts.jsonl"),
-                        "--init", str(dirs / "sft"), "--reward", str(dirs / "reward"), "--out", str(dirs / "never"),
-                        "--group_size=1"], capture_output=True, text=True)
+    r = run_cli("grpo", "--prompts", dirs / "prompts.jsonl", "--init", dirs / "sft", "--reward", dirs / "reward",
+                "--out", dirs / "never", "--group_size=1", check=False)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "--group_size=1: GRPO needs at least 2 responses per prompt" in r.stderr
     assert not (dirs / "never").exists()

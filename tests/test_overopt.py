@@ -1,10 +1,9 @@
 """`minirlhf overopt --quick`: the long low-KL PPO run's curve against √KL, and Gao et al.'s fit."""
 import json
 import math
-import subprocess
-import sys
 
 import pytest
+from conftest import run_cli
 
 from minirlhf.recipes.overopt import fit_gao
 
@@ -19,10 +18,8 @@ def test_fit_recovers_alpha_and_beta_of_gaos_rl_form():
 
 def test_quick_run_writes_its_curve_and_figure(tmp_path):
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "minirlhf", "overopt", "--quick", "--out", str(out),
-                        "--demo.pretrain.steps=10", "--demo.reward.steps=5", "--demo.ppo.iterations=4",
-                        "--eval_every=2", "--eval_samples=1"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_cli("overopt", "--quick", "--out", out, "--demo.pretrain.steps=10", "--demo.reward.steps=5",
+                "--demo.ppo.iterations=4", "--eval_every=2", "--eval_samples=1")
     report = json.loads((out / "overopt.json").read_text())
     assert [p["x"] for p in report["curve"]] == [0, 1, 2, 3, 4]   # every 2nd, and log-spaced at the start
     assert all(p["sqrt_kl"] == pytest.approx(math.sqrt(max(p["kl"], 0)), abs=1e-4) for p in report["curve"])

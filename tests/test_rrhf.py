@@ -3,13 +3,12 @@ held-out candidates by reward, resume equals an unbroken run, and the provided /
 
 The synthetic task: responses over "abcd" after the prompt "q:", rewarded by their share of 'a'.
 """
-import json
 import random
 import warnings
 
 import pytest
 import torch
-from conftest import interrupt_run_at
+from conftest import check_resume_equals_an_unbroken_run
 
 from minirlhf import GPT
 from minirlhf.data import Ranking
@@ -18,6 +17,7 @@ from minirlhf.offline import evaluate
 from minirlhf.ranks import scores_to_ranks
 from minirlhf.reward_eval import pair_stats
 from minirlhf.rrhf import RRHF, RRHFConfig, group_rows, pair_accuracy, select_responses, train_rrhf
+from minirlhf.tracking import read_metrics
 
 
 def a_share_rankings(n, seed, k_range=(2, 4)):
@@ -29,7 +29,7 @@ def a_share_rankings(n, seed, k_range=(2, 4)):
 
 
 def metrics(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return read_metrics(out / "metrics.jsonl")
 
 
 def token_logps_alone(model, tok, prompt, response):
@@ -103,17 +103,9 @@ def test_a_tiny_run_learns_to_order_held_out_candidates_by_reward(init_dir, tok,
 
 def test_resume_equals_an_unbroken_run(init_dir, tmp_path, monkeypatch):
     cfg = RRHFConfig(steps=6, save_every=2, batch_size=4, lr=3e-3, val_fraction=0.2, eval_every=3)
-    full = train_rrhf(a_share_rankings(20, 2), init_dir, tmp_path / "full", cfg, show_progress=False)
-    killed, undo = interrupt_run_at(monkeypatch, 5)
-    with pytest.raises(killed):
-        train_rrhf(a_share_rankings(20, 2), init_dir, tmp_path / "broken", cfg, show_progress=False)
-    undo()
-    resumed = train_rrhf(a_share_rankings(20, 2), init_dir, tmp_path / "broken", cfg, resume=True, show_progress=False)
-    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
-    assert strip(metrics(tmp_path / "broken")) == strip(metrics(tmp_path / "full"))
-    assert "val/accuracy" in metrics(tmp_path / "full")[2]
-    for p, q in zip(full.parameters(), resumed.parameters()):
-        assert torch.equal(p, q)
+    rows = check_resume_equals_an_unbroken_run(train_rrhf, a_share_rankings(20, 2), init_dir, tmp_path, cfg,
+                                               monkeypatch)
+    assert "val/accuracy" in rows[2]
 
 
 def test_only_use_provide_and_only_use_sample_read_the_sources():
