@@ -32,7 +32,7 @@ from ..checkpoint import load_json, save_json
 from ..config import validate
 from ..dpo import DPOConfig, train_dpo
 from ..errors import InputError
-from ..evaluation import best_of_n, distinct_n
+from ..evaluation import best_of_n, summary
 from ..grpo import GRPOConfig, RLOOConfig, train_grpo
 from ..plots import _figure, save_figure
 from ..ppo import train_ppo
@@ -40,7 +40,7 @@ from ..responses import make_preferences
 from ..rrhf import RRHFConfig, train_rrhf
 from . import reviews
 from .demo_report import evaluate, judge_stats
-from .sentiment_zh import DemoConfig, prepare, quick_config
+from .sentiment_zh import DemoConfig, check_out_dir, prepare, quick_config
 from .stages import mark_done, stage_digest
 
 METHODS = ("ppo", "grpo", "rloo", "dpo", "rrhf", "best_of_n")
@@ -140,6 +140,14 @@ class Evaluator:
 
     def __init__(self, prep, demo: DemoConfig, eval_samples: int):
         self.prep, self.demo, self.eval_samples = prep, demo, eval_samples
+        self._start = None
+
+    def start(self) -> dict:
+        """The reference's point (x = 0), where every trained method's curve starts: evaluated once, since the
+        evaluation's seed is fixed it would come out the same for each."""
+        if self._start is None:
+            self._start = self(self.prep.sft, 0)
+        return dict(self._start)
 
     def __call__(self, policy, x: int) -> dict:
         p = self.prep
@@ -150,8 +158,7 @@ class Evaluator:
         p = self.prep
         s = best_of_n(p.sft, p.rm, p.tokenizer, reviews.POOL, self.eval_samples, n, self.demo.ppo.max_new_tokens,
                       seed=self.SEED)
-        return point(n, {"reward": sum(s.rewards) / len(s.rewards), "kl": s.kl[0],
-                         "distinct_2": distinct_n(s.responses, 2), **judge_stats(s.prompts, s.responses)})
+        return point(n, summary(s) | judge_stats(s.prompts, s.responses))   # s.kl: the bound, on every sample
 
 
 # ---------------------------------------------------------------------------------------------- the methods
@@ -168,10 +175,10 @@ def run_method(name: str, out: Path, config: CompareConfig, prep, evaluator: Eva
     if not prep.stages.must_run(method_dir, digest, settings):
         return load_json(method_dir / "curve.json")
     t0 = time.time()
-    curve = [evaluator(prep.sft, 0)]
     if name == "best_of_n":
         curve = [evaluator.best_of_n(int(n)) for n in config.best_of_n.split(",")]
     elif name in ("ppo", "grpo", "rloo"):
+        curve = [evaluator.start()]
         at = eval_steps(cfg.iterations, config.eval_points)
 
         def on_iteration(trainer, row):
@@ -182,7 +189,8 @@ def run_method(name: str, out: Path, config: CompareConfig, prep, evaluator: Eva
         train(reviews.POOL, prep.sft_dir, prep.reward_dir, method_dir, cfg, overwrite=True,
               show_progress=show_progress, on_iteration=on_iteration)
     else:
-        pairs, rankings = preferences(out, config, prep, upstream)
+        curve = [evaluator.start()]
+        pairs, rankings = preferences(out, config, prep)
         at = eval_steps(cfg.steps, config.eval_points)
 
         def on_step(model, row):
@@ -206,9 +214,9 @@ def eval_steps(total: int, points: int) -> set[int]:
     return {round(total ** (i / (points - 1))) for i in range(points)} | {total}
 
 
-def preferences(out: Path, config: CompareConfig, prep, upstream: str):
+def preferences(out: Path, config: CompareConfig, prep):
     """Pairs (best vs worst) and rankings (all k) from sft's samples ranked by the reward model, made once."""
-    if getattr(prep, "preferences", None) is None:
+    if prep.preferences is None:
         demo = config.stage("demo")
         draws = [reviews.POOL[i % len(reviews.POOL)] for i in range(config.preference_prompts)]
         prep.preferences = make_preferences(prep.sft, prep.rm, prep.tokenizer, draws, config.preference_k,
@@ -224,8 +232,7 @@ def preferences(out: Path, config: CompareConfig, prep, upstream: str):
 def run_compare(out_dir="runs/compare", config: CompareConfig = CompareConfig(), show_progress: bool = True) -> dict:
     """Run every method (reusing what is cached); write compare.json, compare.md, frontier.png; return results."""
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not (out / "compare.json").exists() and not (out / "demo.json").exists():
-        raise InputError(f"{out}: exists and is not a minirlhf compare run; choose another --out")
+    check_out_dir(out, "compare run")
     t_start = time.time()
     prep = prepare(out, config.stage("demo"), show_progress)        # sft/ and reward/, as the demo makes them
     save_json(out / "compare_config.json", asdict(config))

@@ -24,13 +24,12 @@ import torch
 
 from ..checkpoint import save_json
 from ..config import validate
-from ..errors import InputError
 from ..plots import _figure, save_figure
 from ..ppo import train_ppo
 from . import reviews
 from .compare import Evaluator, eval_steps
 from .demo_report import evaluate
-from .sentiment_zh import DemoConfig, prepare, quick_config
+from .sentiment_zh import DemoConfig, check_out_dir, prepare, quick_config
 
 
 def _demo() -> DemoConfig:
@@ -82,8 +81,7 @@ def run_overoptimization(out_dir="runs/overopt", config: OveroptConfig = Overopt
                          show_progress: bool = True) -> dict:
     """The long, weakly regularised PPO run; its curve against √KL, the fits, overopt.png and overopt.json."""
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not (out / "demo.json").exists():
-        raise InputError(f"{out}: exists and is not a minirlhf run directory; choose another --out")
+    check_out_dir(out, "run directory")
     t0 = time.time()
     demo = config.stage("demo")
     prep = prepare(out, demo, show_progress)

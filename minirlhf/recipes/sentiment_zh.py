@@ -146,10 +146,11 @@ def stage_hashes(config: DemoConfig) -> dict[str, str]:
     return out
 
 
-def check_out_dir(out: Path):
-    """A run directory is reused only if it holds a demo run; anything else is never overwritten."""
+def check_out_dir(out: Path, kind: str = "demo run"):
+    """A run directory is reused only if it holds a recipe's run (every recipe's starts with the demo's stages,
+    so its demo.json); anything else is never overwritten. `kind` names the run in the error."""
     if out.exists() and any(out.iterdir()) and not (out / "demo.json").exists():
-        raise InputError(f"{out}: exists and is not a minirlhf demo run; choose another --out")
+        raise InputError(f"{out}: exists and is not a minirlhf {kind}; choose another --out")
 
 
 @dataclass
