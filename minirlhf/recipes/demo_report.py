@@ -52,10 +52,13 @@ def evaluate_run(out: Path, config: DemoConfig, data, tokenizer, sft, policy, rm
     heldout = reviews.opening_prompts(data.test_pos + data.test_neg, config.heldout_prompts, config.seed)
     models = {"pretrained": pretrained, "before": sft, "after": policy}
     models = {k: m for k, m in models.items() if m is not None}
-    res = {}
+    res, done = {}, {}   # done: by model, so that one model under two names (no SFT stage) is evaluated once
     for name, model in models.items():
-        res[name, "pool"] = evaluate(model, sft, rm, tokenizer, reviews.POOL, config.eval_samples, config, 10_000)
-        res[name, "heldout"] = evaluate(model, sft, rm, tokenizer, heldout, config.heldout_samples, config, 20_000)
+        if id(model) not in done:
+            done[id(model)] = (
+                evaluate(model, sft, rm, tokenizer, reviews.POOL, config.eval_samples, config, 10_000),
+                evaluate(model, sft, rm, tokenizer, heldout, config.heldout_samples, config, 20_000))
+        res[name, "pool"], res[name, "heldout"] = done[id(model)]
     pick = lambda split, key: {w: round(res[w, split][0][key], 4) for w in models}  # noqa: E731
     report = {
         "judge_positive_rate": pick("pool", "judge_positive_rate"),

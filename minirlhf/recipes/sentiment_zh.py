@@ -164,7 +164,6 @@ class Prepared:
     rm: RewardModel
     stages: Stages
     seconds: dict
-    pretrained: GPT          # stage 1's model (the reference itself when the SFT stage is off)
     preferences: tuple | None = None  # the comparison's offline data, made once
 
     @property
@@ -222,8 +221,7 @@ def prepare(out: Path, config: DemoConfig, show_progress: bool = True) -> Prepar
         mark_done(reward_dir, stages.hashes["reward"], time.time() - t0, stages.settings["reward"])
     seconds["reward"] = load_json(reward_dir / "stage.json")["seconds"]
     rm = RewardModel.from_pretrained(reward_dir).to(device).eval()
-    pretrained = GPT.from_pretrained(pretrain_dir).to(device).eval() if config.sft_stage else sft
-    return Prepared(data, tokenizer, sft_dir, reward_dir, sft, rm, stages, seconds, pretrained)
+    return Prepared(data, tokenizer, sft_dir, reward_dir, sft, rm, stages, seconds)
 
 
 def run_demo(out_dir="runs/demo", config: DemoConfig = DemoConfig(), show_progress: bool = True) -> dict:
@@ -254,11 +252,14 @@ def run_demo(out_dir="runs/demo", config: DemoConfig = DemoConfig(), show_progre
         (policy_dir / "judge_curve.jsonl").write_text("".join(json.dumps(r) + "\n" for r in judge_rows))
         mark_done(policy_dir, prep.stages.hashes["policy"], time.time() - t0, prep.stages.settings["policy"])
     seconds["ppo"] = load_json(policy_dir / "stage.json")["seconds"]
-    policy = GPT.from_pretrained(policy_dir).to(resolve_device(config.device)).eval()
+    device = resolve_device(config.device)
+    policy = GPT.from_pretrained(policy_dir).to(device).eval()
+    # stage 1's model, before SFT (the reference itself when the SFT stage is off)
+    pretrained = GPT.from_pretrained(out / "pretrain").to(device).eval() if config.sft_stage else sft
 
     # ---------------------------------------------------------------- 4. evaluation, before vs after
     t0 = time.time()
-    report = evaluate_run(out, config, data, tokenizer, sft, policy, rm, prep.pretrained)
+    report = evaluate_run(out, config, data, tokenizer, sft, policy, rm, pretrained)
     seconds["evaluate"] = time.time() - t0
     seconds["total"] = sum(seconds.values())  # cached stages count with the time they took when they ran
     report["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
