@@ -110,13 +110,6 @@ def time_variants(variants: dict, prompts, repeats: int, warmup: int = 1) -> dic
     return {name: medians(s) for name, s in samples.items()}
 
 
-def time_ppo(policy, ref, reward, prompts, repeats: int, seed: int, device, R: int = 48,
-             minibatches: int = 4, compile: bool = False, warmup: int = 1, **config) -> tuple[float, dict]:
-    """(median wall seconds of an iteration, median of each time/* metric), after `warmup` iterations."""
-    trainer = ppo_trainer(policy, ref, reward, prompts, seed, device, R, minibatches, compile, **config)
-    return time_variants({"ppo": trainer}, prompts, repeats, warmup)["ppo"]
-
-
 def main():
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--preset", choices=PRESETS, default="tiny")

@@ -166,9 +166,10 @@ class GRPOTrainer(OnlineTrainer):
         kl, advantages = self.advantages(ro, kl_coef)
         with self.timer("time/update_s"):
             stats = self.update(ro, advantages, kl_coef)
-        self.end_iteration(kl.sum(-1).mean().item(), ro.sequences.shape[0])
+        kl_per_seq = kl.sum(-1).mean().item()
+        self.end_iteration(kl_per_seq, ro.sequences.shape[0])
         groups = ro.scores.view(-1, c.group_size)
-        return self.metrics(ro, kl, kl_coef, {
+        return self.metrics(ro, kl_per_seq, kl_coef, {
             f"{self.prefix}/advantages_abs_mean": advantages.abs().mean().item(),
             f"{self.prefix}/zero_std_frac": (groups.max(1).values == groups.min(1).values).float().mean().item(),
             **stats})

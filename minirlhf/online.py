@@ -142,13 +142,14 @@ class OnlineTrainer:
                        c.pad_id, self.generator, c.missing_eos_penalty, value_fn=value_fn,
                        recompute_logprobs=c.recompute_logprobs, compile_step=c.compile_sampler, timer=self.timer)
 
-    def metrics(self, ro: Rollout, kl: torch.Tensor, kl_coef: float, stats: dict) -> dict:
-        """The row every online trainer logs: reward, KL (the configured estimator, summed over a response),
-        β, entropy and response length, then the algorithm's own `stats`, then the phase timings."""
+    def metrics(self, ro: Rollout, kl_per_seq: float, kl_coef: float, stats: dict) -> dict:
+        """The row every online trainer logs: reward, KL (the configured estimator, summed over a response and
+        averaged over responses, as end_iteration got it), β, entropy and response length, then the algorithm's
+        own `stats`, then the phase timings."""
         m = ro.response_mask
         return {"iteration": self.iteration,
                 "env/reward_mean": ro.scores.mean().item(), "env/reward_std": ro.scores.std().item(),
-                "objective/kl": kl.sum(-1).mean().item(), "objective/kl_coef": kl_coef,
+                "objective/kl": kl_per_seq, "objective/kl_coef": kl_coef,
                 "objective/entropy": masked_mean(ro.entropy, m).item(),
                 **stats,
                 "tokens/response_len": m.sum(-1).mean().item(),

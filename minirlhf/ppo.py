@@ -196,9 +196,10 @@ class PPOTrainer(OnlineTrainer):
         kl, advantages, returns = self.advantages(ro, kl_coef)
         with self.timer("time/update_s"):
             stats = self.update(ro, advantages, returns)
-        self.end_iteration(kl.sum(-1).mean().item(), len(prompts))
+        kl_per_seq = kl.sum(-1).mean().item()
+        self.end_iteration(kl_per_seq, len(prompts))
         m = ro.response_mask
-        return self.metrics(ro, kl, kl_coef, {
+        return self.metrics(ro, kl_per_seq, kl_coef, {
             "objective/non_score_reward": (-kl_coef * kl).sum(-1).mean().item(),
             "ppo/returns_mean": masked_mean(returns, m).item(),
             "ppo/advantages_mean": masked_mean(advantages, m).item(),
