@@ -84,9 +84,7 @@ def cmd_sample(args, overrides):
                          f"{args.top_k}, {args.top_p}")
     tokenizer = Tokenizer.from_file(f"{args.model}/tokenizer.json")
     model = GPT.from_pretrained(args.model).to(resolve_device(args.device)).eval()
-    if tokenizer.vocab_size != model.config.vocab_size:
-        raise InputError(f"{args.model}: tokenizer has {tokenizer.vocab_size} tokens but the model "
-                         f"{model.config.vocab_size}")
+    tokenizer.check_model(model.config, args.model)
     if (Path(args.model) / "reward_head.safetensors").is_file():
         warnings.warn(f"{args.model} is a reward model: sampling its trunk, which was trained to score text, "
                       f"not to write it")

@@ -38,6 +38,7 @@ eval_every steps val/loss and val/rewards/*, val/logps/* on the held-out pairs.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -121,12 +122,12 @@ class DPO(Objective):
     def encode(self, examples, tokenizer, max_len):
         return encode_pairs(examples, tokenizer, max_len)
 
-    def prepare(self, model, train, val, pad_id, init_dir):
+    def prepare(self, model, train, val, pad_id):
         """Reference log-probabilities: precomputed by `model` (still the --init policy), or a frozen copy."""
         if self.config.reference_free:
             return
         if not self.config.precompute_ref:
-            self.ref = GPT.from_pretrained(init_dir).to(next(model.parameters()).device).eval().requires_grad_(False)
+            self.ref = copy.deepcopy(model).eval().requires_grad_(False)
             return
         examples = train + val
         logps = batched_response_logps(model, [e.chosen for e in examples] + [e.rejected for e in examples],

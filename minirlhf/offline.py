@@ -69,7 +69,7 @@ class Objective:
         """Data examples -> what `loss` takes a batch of (token sequences, responses.Joined)."""
         raise NotImplementedError
 
-    def prepare(self, model: GPT, train: list, val: list, pad_id: int, init_dir):
+    def prepare(self, model: GPT, train: list, val: list, pad_id: int):
         """Called once before the first step (and before a checkpoint is restored), while `model` is still
         the --init policy: DPO's reference log-probabilities are computed here."""
 
@@ -82,9 +82,7 @@ def load_policy(init_dir, max_len: int, device) -> tuple[Tokenizer, GPT, int]:
     """(tokenizer, policy, max_len resolved against block_size) of --init, checking that they match."""
     tokenizer = Tokenizer.from_file(Path(init_dir) / "tokenizer.json")
     model = GPT.from_pretrained(init_dir).to(device)
-    if tokenizer.vocab_size != model.config.vocab_size:
-        raise InputError(f"{init_dir}: tokenizer has {tokenizer.vocab_size} tokens but the model "
-                         f"{model.config.vocab_size}")
+    tokenizer.check_model(model.config, init_dir)
     block = model.config.block_size
     if not 0 <= max_len <= block or max_len == 1:
         raise InputError(f"--max_len={max_len} must be in [2, block_size={block}] (or 0: block_size)")
@@ -129,7 +127,7 @@ def train_offline(objective: Objective, examples: list, init_dir, out_dir, confi
     sync_params(model)
     pad = tokenizer.pad_id
     train, val = train_val_split(objective.encode(examples, tokenizer, max_len), config.val_fraction, config.seed)
-    objective.prepare(model, train, val, pad, init_dir)           # the --init policy, before any restore
+    objective.prepare(model, train, val, pad)                     # the --init policy, before any restore
     optimizer = make_adamw(model, config.lr, config.weight_decay)
     start, _ = run.restore({"model": model}, optimizer, {})      # read (and checked) before any write
     run.begin(config, tokenizer, start, **config_extra)          # nothing is written before this line

@@ -171,10 +171,15 @@ def rrhf_loss(scores: torch.Tensor, rw_scores: torch.Tensor, mask: torch.Tensor 
     real = _candidate_mask(scores, rw_scores, mask, "rrhf_loss")
     p = torch.where(real, scores, torch.zeros_like(scores))
     r = torch.where(real, rw_scores, torch.zeros_like(rw_scores))
-    # (B, K, K): entry [b, i, j] is the pair (i worse, j better) of query b
-    worse = (r[:, :, None] < r[:, None, :]) & real[:, :, None] & real[:, None, :]
+    worse = worse_pairs(r, real)
     gap = torch.relu(p[:, :, None] - p[:, None, :])                            # max(0, p_i - p_j)
     return torch.where(worse, gap, torch.zeros_like(gap)).sum((1, 2)).mean()
+
+
+def worse_pairs(rewards: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """(B, K, K) bools: entry [b, i, j] is True when candidates i and j of query b are both real and i is
+    rewarded lower than j (the pair (i worse, j better)); tied rewards make no pair."""
+    return (rewards[:, :, None] < rewards[:, None, :]) & real[:, :, None] & real[:, None, :]
 
 
 def rrhf_sft_loss(token_logps: torch.Tensor, mask: torch.Tensor, rw_scores: torch.Tensor,

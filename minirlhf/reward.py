@@ -242,9 +242,7 @@ def train_reward_model(examples: list, init_dir, out_dir, config: RewardConfig, 
     seed_everything(config.seed)                                 # the fresh head's N(0, 1/sqrt(d+1)) init
     model = RewardModel.from_pretrained(init_dir, init_head=True)
     sync_params(model)
-    if tokenizer.vocab_size != model.config.vocab_size:
-        raise InputError(f"{init_dir}: tokenizer has {tokenizer.vocab_size} tokens but the model "
-                         f"{model.config.vocab_size}")
+    tokenizer.check_model(model.config, init_dir)
     block = model.config.block_size
     max_len = config.max_len or block
     if not 2 <= max_len <= block:

@@ -42,11 +42,13 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import validate
 from .data import Ranking
 from .errors import InputError
 from .losses import rrhf_loss, rrhf_sft_loss, sequence_scores
 from .model import GPT
 from .offline import Objective, OfflineConfig, train_offline
+from .preference_losses import worse_pairs
 from .responses import Joined, collate_responses, encode_prompt_responses, token_logps
 
 
@@ -63,8 +65,7 @@ class RRHFConfig(OfflineConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.rrhf_weight < 0:
-            raise InputError(f"--rrhf_weight must be >= 0, got {self.rrhf_weight}")
+        validate(self, non_negative=("rrhf_weight",))
         if self.only_use_provide and self.only_use_sample:
             raise InputError("--only_use_provide and --only_use_sample exclude each other: set at most one")
 
@@ -111,8 +112,7 @@ def group_rows(x: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, torch.T
 def pair_accuracy(p: torch.Tensor, rewards: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """Share of pairs (i, j) of real candidates with r_i < r_j whose scores agree, p_i < p_j (ties in p are
     wrong; pairs with tied rewards are skipped). p, rewards, real (B, K) -> 0-dim; 0 with no such pair."""
-    both = real[:, :, None] & real[:, None, :]
-    worse = (rewards[:, :, None] < rewards[:, None, :]) & both         # [b, i, j]: i is worse than j
+    worse = worse_pairs(rewards, real)                                  # [b, i, j]: i is worse than j
     right = worse & (p[:, :, None] < p[:, None, :])
     return right.sum() / worse.sum().clamp(min=1)
 

@@ -87,6 +87,12 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self.tok.get_vocab_size(with_added_tokens=True)
 
+    def check_model(self, model_config, where) -> None:
+        """An InputError naming `where` unless a model of `model_config` has this tokenizer's vocabulary."""
+        if self.vocab_size != model_config.vocab_size:
+            raise InputError(f"{where}: tokenizer has {self.vocab_size} tokens but the model "
+                             f"{model_config.vocab_size}")
+
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
 
