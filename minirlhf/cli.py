@@ -48,11 +48,12 @@ def _training_parser(sub, name: str, help: str, config_cls, length_flag: str = "
     return p
 
 
-def _config_from_args(args, overrides):
-    """Config dataclass defaults <- --key=value overrides <- the named flags (--seed, --steps, ...)."""
-    config = apply_overrides(args.config_cls(), overrides)
-    named = {k: getattr(args, k) for k in ("seed", "device", "save_every", args.length_flag)
-             if getattr(args, k, None) is not None}
+def _config_from_args(args, overrides, config=None):
+    """Config dataclass defaults (or a recipe's preset, `config`) <- --key=value overrides <- the named flags
+    (--seed, --device, and a trainer's --save-every and --steps/--iterations)."""
+    config = apply_overrides(args.config_cls() if config is None else config, overrides)
+    flags = ("seed", "device", "save_every", getattr(args, "length_flag", None))
+    named = {k: getattr(args, k) for k in flags if k and getattr(args, k, None) is not None}
     return apply_overrides(config, [f"--{k}={v}" for k, v in named.items()])
 
 
@@ -147,33 +148,11 @@ def cmd_offline(args, overrides):
     _done(f"saved {args.command.upper()} policy to {args.out}")
 
 
-def _recipe_config(args, overrides, config):
-    """A recipe's config: its preset <- --key=value overrides <- --seed/--device."""
-    config = apply_overrides(config, overrides)
-    named = {k: getattr(args, k) for k in ("seed", "device") if getattr(args, k) is not None}
-    return apply_overrides(config, [f"--{k}={v}" for k, v in named.items()])
-
-
-def cmd_demo(args, overrides):
-    from .recipes.demo_report import print_report
-    from .recipes.sentiment_zh import DemoConfig, quick_config, run_demo
-    config = _recipe_config(args, overrides, quick_config() if args.quick else DemoConfig())
-    out = args.out or ("runs/demo-quick" if args.quick else "runs/demo")
-    print_report(run_demo(out, config), out)
-
-
-def cmd_compare(args, overrides):
-    from .recipes.compare import CompareConfig, print_compare, quick_compare_config, run_compare
-    config = _recipe_config(args, overrides, quick_compare_config() if args.quick else CompareConfig())
-    out = args.out or ("runs/compare-quick" if args.quick else "runs/compare")
-    print_compare(run_compare(out, config), out)
-
-
-def cmd_overopt(args, overrides):
-    from .recipes.overopt import OveroptConfig, print_overoptimization, quick_overopt_config, run_overoptimization
-    config = _recipe_config(args, overrides, quick_overopt_config() if args.quick else OveroptConfig())
-    out = args.out or ("runs/overopt-quick" if args.quick else "runs/overopt")
-    print_overoptimization(run_overoptimization(out, config), out)
+def cmd_recipe(args, overrides):
+    """demo, compare, overopt: the recipe's preset (--quick: its toy one) <- overrides; run it, print its report."""
+    config = _config_from_args(args, overrides, args.quick_preset() if args.quick else args.preset())
+    out = args.out or f"runs/{args.command}" + ("-quick" if args.quick else "")
+    args.print_report(args.run_recipe(out, config), out)
 
 
 def cmd_evaluate(args, overrides):
@@ -273,22 +252,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", required=True, help="the pretrained policy directory")
     p.set_defaults(fn=cmd_offline)
 
-    from .recipes.sentiment_zh import DemoConfig
-    from .recipes.compare import CompareConfig
-    from .recipes.overopt import OveroptConfig
-    for name, help, config, fn in (
-            ("demo", "the flagship: Chinese review-sentiment RLHF, end to end, offline", DemoConfig(), cmd_demo),
+    from .recipes import compare, overopt, sentiment_zh
+    from .recipes.demo_report import print_report
+    for name, help, config_cls, quick, run, report in (
+            ("demo", "the flagship: Chinese review-sentiment RLHF, end to end, offline",
+             sentiment_zh.DemoConfig, sentiment_zh.quick_config, sentiment_zh.run_demo, print_report),
             ("compare", "PPO, GRPO, RLOO, DPO, RRHF and best-of-n on the flagship task: the reward-KL frontier",
-             CompareConfig(), cmd_compare),
+             compare.CompareConfig, compare.quick_compare_config, compare.run_compare, compare.print_compare),
             ("overopt", "reward over-optimisation (Gao et al. 2022): a long PPO run with a small KL coefficient, "
-             "proxy reward and judge rate against sqrt(KL)", OveroptConfig(), cmd_overopt)):
-        p = sub.add_parser(name, help=help, description=help, epilog=config_help(config),
+             "proxy reward and judge rate against sqrt(KL)", overopt.OveroptConfig, overopt.quick_overopt_config,
+             overopt.run_overoptimization, overopt.print_overoptimization)):
+        p = sub.add_parser(name, help=help, description=help, epilog=config_help(config_cls()),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--quick", action="store_true", help="toy sizes, the same pipeline (what the tests run)")
         p.add_argument("--out", help=f"run directory (default runs/{name}, or runs/{name}-quick)")
         p.add_argument("--device", help="cpu (default) or cuda")
         p.add_argument("--seed", type=int)
-        p.set_defaults(fn=fn)
+        p.set_defaults(fn=cmd_recipe, preset=config_cls, quick_preset=quick, run_recipe=run, print_report=report)
 
     p = sub.add_parser("evaluate", help="re-evaluate a demo run directory's policy against its reference")
     p.add_argument("--run", required=True, help="a directory written by minirlhf demo")
