@@ -41,7 +41,7 @@ from ..rrhf import RRHFConfig, train_rrhf
 from . import reviews
 from .demo_report import evaluate, judge_stats
 from .sentiment_zh import DemoConfig, check_out_dir, prepare, quick_config
-from .stages import mark_done, stage_digest
+from .stages import StagedConfig, mark_done, stage_digest
 
 METHODS = ("ppo", "grpo", "rloo", "dpo", "rrhf", "best_of_n")
 
@@ -63,7 +63,7 @@ def _rrhf() -> RRHFConfig:
 
 
 @dataclass
-class CompareConfig:
+class CompareConfig(StagedConfig):
     seed: int = 0
     """Seed of every stage and method."""
     device: str = "cpu"
@@ -92,8 +92,6 @@ class CompareConfig:
     eval_samples: int = 32
     """Samples per pool prompt at each evaluation."""
 
-    shared_fields = ("seed", "device")  # set here once for everything, never as --grpo.seed
-
     def __post_init__(self):
         validate(self, positive=("preference_prompts", "preference_k", "eval_points", "eval_samples"))
         unknown = set(self.method_list()) - set(METHODS)
@@ -110,10 +108,6 @@ class CompareConfig:
 
     def method_list(self) -> list[str]:
         return [m.strip() for m in self.methods.split(",") if m.strip()]
-
-    def stage(self, name: str):
-        """The config a method (or the demo) runs with: its own, with the comparison's seed and device."""
-        return replace(getattr(self, name), seed=self.seed, device=self.device)
 
 
 def quick_compare_config() -> CompareConfig:

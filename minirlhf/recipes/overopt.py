@@ -30,6 +30,7 @@ from . import reviews
 from .compare import Evaluator, eval_steps
 from .demo_report import evaluate
 from .sentiment_zh import DemoConfig, check_out_dir, prepare, quick_config
+from .stages import StagedConfig
 
 
 def _demo() -> DemoConfig:
@@ -38,7 +39,7 @@ def _demo() -> DemoConfig:
 
 
 @dataclass
-class OveroptConfig:
+class OveroptConfig(StagedConfig):
     seed: int = 0
     """Seed of every stage."""
     device: str = "cpu"
@@ -50,13 +51,8 @@ class OveroptConfig:
     eval_samples: int = 16
     """Samples per pool prompt at each evaluation."""
 
-    shared_fields = ("seed", "device")
-
     def __post_init__(self):
         validate(self, positive=("eval_every", "eval_samples"))
-
-    def stage(self, name: str):
-        return replace(getattr(self, name), seed=self.seed, device=self.device)
 
 
 def quick_overopt_config() -> OveroptConfig:
@@ -86,7 +82,7 @@ def run_overoptimization(out_dir="runs/overopt", config: OveroptConfig = Overopt
     demo = config.stage("demo")
     prep = prepare(out, demo, show_progress)
     evaluator = Evaluator(prep, demo, config.eval_samples)
-    curve = [evaluator(prep.sft, 0)]
+    curve = [evaluator.start()]
 
     total = demo.ppo.iterations
     at = eval_steps(total, 5) | set(range(config.eval_every, total + 1, config.eval_every))  # + the first few

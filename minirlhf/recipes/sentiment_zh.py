@@ -33,7 +33,7 @@ from ..sft import PretrainConfig, SFTConfig, pretrain, train_sft
 from ..tokenizer import STAND_IN, Tokenizer
 from . import reviews
 from .demo_report import evaluate, evaluate_run, reward_accuracy
-from .stages import Stages, mark_done, stage_digest
+from .stages import StagedConfig, Stages, mark_done, stage_digest
 
 
 def _pretrain() -> PretrainConfig:
@@ -55,7 +55,7 @@ def _ppo() -> PPOConfig:
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(StagedConfig):
     seed: int = 0
     """Seed of every stage (data split, init, sampling)."""
     device: str = "cpu"
@@ -94,8 +94,6 @@ class DemoConfig:
     quick: bool = False
     """Set by --quick (toy sizes): the report then says its numbers mean nothing."""
 
-    shared_fields = ("seed", "device")  # set here once for every stage, never as --ppo.seed
-
     def __post_init__(self):
         validate(self, positive=("max_chars", "eval_samples", "heldout_prompts", "heldout_samples"),
                  non_negative=("widen_pool", "judge_every"))
@@ -110,10 +108,6 @@ class DemoConfig:
             raise InputError(f"--reward.norm_max_new_tokens={self.reward.norm_max_new_tokens} must equal "
                              f"--ppo.max_new_tokens={self.ppo.max_new_tokens}: the reward model is normalised on "
                              f"samples as long as the policy's")
-
-    def stage(self, name: str):
-        """The config a stage runs with: its own, with the demo's seed and device."""
-        return replace(getattr(self, name), seed=self.seed, device=self.device)
 
 
 def quick_config() -> DemoConfig:

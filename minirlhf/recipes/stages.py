@@ -9,9 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from ..checkpoint import load_json, save_json
+
+
+class StagedConfig:
+    """What a recipe's config (a dataclass of stage configs, plus its own seed and device) shares: every stage
+    runs with the recipe's seed and device, set once at the top (apply_overrides refuses --ppo.seed)."""
+
+    shared_fields = ("seed", "device")
+
+    def stage(self, name: str):
+        """The config stage `name` runs with: its own, with the recipe's seed and device."""
+        return replace(getattr(self, name), seed=self.seed, device=self.device)
 
 
 def stage_digest(upstream: str, part) -> str:
