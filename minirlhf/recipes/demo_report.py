@@ -14,6 +14,7 @@ from ..checkpoint import load_json
 from ..evaluation import sample_and_score, score_texts, summary
 from ..model import RewardModel
 from ..plots import plot_run
+from ..tracking import read_metrics
 from . import reviews
 
 if TYPE_CHECKING:
@@ -101,9 +102,9 @@ def write_samples(path: Path, res: dict, prompts: list[str], per_prompt: int = 3
 
 
 def write_plots(out: Path):
-    rows = [json.loads(x) for x in (out / "policy" / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(out / "policy" / "metrics.jsonl")
     curve_path = out / "policy" / "judge_curve.jsonl"
-    curve = [json.loads(x) for x in curve_path.read_text().splitlines()] if curve_path.exists() else []
+    curve = read_metrics(curve_path) if curve_path.exists() else []
     by_it = {r["iteration"]: dict(r) for r in rows}
     for c in curve:
         by_it.setdefault(c["iteration"], {"iteration": c["iteration"]}).update(c)
