@@ -35,7 +35,7 @@ import time
 
 import torch
 
-from common import add_common_args, cpu_share, gpt, load_average, peak_flops, peak_rss_mib, report, setup
+from common import add_common_args, cpu_share, gpt, load_average, peak_flops, peak_rss_mib, report, setup, sync
 from minirlhf import RewardModel
 from minirlhf.ppo import PPOConfig, PPOTrainer
 
@@ -87,8 +87,7 @@ def timed_step(trainer: PPOTrainer, prompts) -> tuple[float, dict]:
     """(wall seconds, the trainer's time/* metrics) of one iteration."""
     t0 = time.perf_counter()
     row = trainer.step(prompts)
-    if trainer.device.type == "cuda":
-        torch.cuda.synchronize(trainer.device)
+    sync(trainer.device)
     return time.perf_counter() - t0, {k: v for k, v in row.items() if k.startswith("time/")}
 
 

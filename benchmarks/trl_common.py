@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from bench_ppo import VOCAB, timed_step
-from common import add_common_args, setup
+from common import add_common_args, setup, sync
 
 
 def start(doc: str):
@@ -85,8 +85,7 @@ class PhaseClock:
         self.device, self.iterations = device, [{}]
 
     def now(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        sync(self.device)
         return time.perf_counter()
 
     def wrap(self, owner, name: str, phase_of):
