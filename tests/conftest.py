@@ -1,4 +1,5 @@
 import os
+import socket
 import subprocess
 import sys
 
@@ -12,6 +13,13 @@ from minirlhf import GPT, GPTConfig
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
+
+
+def free_port() -> int:
+    """A free TCP port on localhost, for a test's process group."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_cli(*args, check=True):

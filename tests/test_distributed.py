@@ -4,13 +4,13 @@ concatenated batch, for the LM loss and for PPO's update (advantages whitened ac
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import free_port
 from safetensors.torch import load_file, save_file
 
 from minirlhf import GPT, GPTConfig, RewardModel, Tokenizer, ValueHead
@@ -68,12 +68,6 @@ def worker(rank: int, world: int, port: int, tmp: str):
     if rank == 0:  # the 1-process reference on the whole batch, same process, same thread count
         save_file(lm_step(slice(0, 8), init_seed=100), f"{tmp}/lm_ref.safetensors")
         save_file(ppo_step(slice(0, 8)), f"{tmp}/ppo_ref.safetensors")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

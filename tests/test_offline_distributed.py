@@ -3,12 +3,11 @@ the steps one process takes with the 8 of the same shuffled order, so the weight
 import json
 import os
 import random
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import write_tiny_policy
+from conftest import free_port, write_tiny_policy
 
 from minirlhf.data import Pair, Ranking
 from minirlhf.dpo import DPOConfig, train_dpo
@@ -45,12 +44,6 @@ def worker(rank: int, world: int, port: int, tmp: str):
     from pathlib import Path
     run_both(Path(tmp) / "init", Path(tmp) / "two", batch_size=4)   # train_offline joins the process group
     shutdown_distributed()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
