@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from minirlhf import GPT, GPTConfig, RewardModel, Tokenizer, ValueHead
 from minirlhf.optim import clip_grad, make_adamw
 from minirlhf.ppo import PPOConfig, PPOTrainer
-from minirlhf.runtime import average_gradients, init_distributed, shutdown_distributed, sync_params
+from minirlhf.runtime import average_gradients, barrier, init_distributed, shutdown_distributed, sync_params
 from minirlhf.sft import lm_loss
 
 CFG = GPTConfig(vocab_size=20, n_layer=1, n_head=2, n_embd=16, block_size=24)
@@ -64,6 +64,7 @@ def worker(rank: int, world: int, port: int, tmp: str):
     half = slice(rank * 4, rank * 4 + 4)
     save_file(lm_step(half, init_seed=100 + rank), f"{tmp}/lm{rank}.safetensors")
     save_file(ppo_step(half), f"{tmp}/ppo{rank}.safetensors")
+    barrier()  # as the CLI does: no rank leaves the group while the other still writes (gloo aborts)
     shutdown_distributed()
     if rank == 0:  # the 1-process reference on the whole batch, same process, same thread count
         save_file(lm_step(slice(0, 8), init_seed=100), f"{tmp}/lm_ref.safetensors")

@@ -12,7 +12,7 @@ from conftest import free_port, write_tiny_policy
 from minirlhf.data import Pair, Ranking
 from minirlhf.dpo import DPOConfig, train_dpo
 from minirlhf.rrhf import RRHFConfig, train_rrhf
-from minirlhf.runtime import shutdown_distributed
+from minirlhf.runtime import barrier, shutdown_distributed
 
 
 def data(seed=0):
@@ -43,6 +43,7 @@ def worker(rank: int, world: int, port: int, tmp: str):
     torch.set_num_threads(1)
     from pathlib import Path
     run_both(Path(tmp) / "init", Path(tmp) / "two", batch_size=4)   # train_offline joins the process group
+    barrier()  # as the CLI does: no rank leaves the group while the other still writes (gloo aborts)
     shutdown_distributed()
 
 
