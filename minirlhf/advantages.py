@@ -14,7 +14,8 @@ import torch
 from .ops import last_true_index, masked_var
 
 
-def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1",
+               mask: torch.Tensor | None = None) -> torch.Tensor:
     """Per-token estimate of KL(π ‖ π_ref) from tokens sampled from π (http://joschu.net/blog/kl-approx.html).
 
     With log r = log π_ref − log π:
@@ -22,8 +23,23 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
                                   lm-human-preferences and TRL)
       k2 = ½ (log r)²             biased, low variance, ≥ 0
       k3 = (r − 1) − log r        unbiased, low variance, ≥ 0 (GRPO's choice)
+
+    "Unbiased" is said of the estimate's VALUE: E_π[k1] = E_π[k3] = KL(π ‖ π_ref). As a loss term whose
+    gradient flows through log π on fixed samples, they differ (an exact check on a categorical is in
+    tests/test_kl_gradients.py):
+      E_π[∇k1] = Σ_a ∇π(a) = 0                    no pull towards the reference at all
+      E_π[∇k2] = ∇ KL(π ‖ π_ref)                  the reverse KL's gradient
+      E_π[∇k3] = ∇ KL(π_ref ‖ π)                  the forward KL's gradient (GRPO's term)
+    so k1 is only meaningful in the reward (PPO's shaping, RLOO), never as GRPO's loss term.
+
+    mask (B, T), optional: log r is set to 0 on padding before anything is computed, so the estimate there
+    is exactly 0 and so is its gradient. Under padding log π is whatever the model says about PAD (−50 at a
+    low temperature), and k3's exp(log r) would overflow there: multiplying by the mask afterwards hides the
+    value but not the inf × 0 = NaN in the backward pass.
     """
     log_r = ref_logprobs - logprobs
+    if mask is not None:
+        log_r = torch.where(mask.bool(), log_r, torch.zeros_like(log_r))
     if estimator == "k1":
         return -log_r
     if estimator == "k2":
@@ -39,8 +55,7 @@ def shape_rewards(scores, logprobs, ref_logprobs, mask, kl_coef: float, estimato
     The last real token is the EOS when the response produced one, else the final token; never a pad
     (trl #1893). Returns (rewards, kl), both (B, N) and zero on padding.
     """
-    mask = mask.to(logprobs.dtype)
-    kl = kl_penalty(logprobs, ref_logprobs, estimator) * mask
+    kl = kl_penalty(logprobs, ref_logprobs, estimator, mask)
     rewards = -kl_coef * kl
     last = last_true_index(mask)
     rewards[torch.arange(len(scores), device=scores.device), last] += scores
@@ -128,7 +143,9 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group
       "group"  the std of the G rewards of the prompt: GRPO, as TRL's default; the unbiased one
                (Bessel, torch.std's default), as TRL's `.std(dim=1)`.
       "batch"  the unbiased std of all B rewards (TRL's scale_rewards="batch"): the mean is still
-               per group, but an easy prompt's near-identical rewards are no longer blown up.
+               per group, but an easy prompt's near-identical rewards are no longer blown up. Under
+               torchrun the std is over every rank's rewards, so a batch split over N processes is
+               scaled exactly as the whole batch in one process would be (as PPO's whitening).
       "none"   no division (Dr. GRPO, Liu et al. 2025): dividing by a group's std weights prompts that
                are almost always or almost never solved most, a difficulty bias.
     A group whose G rewards are equal has A = 0 (no NaN: eps keeps the division finite): it carries
@@ -144,7 +161,8 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group
     if scale == "group":
         centred = centred / (grouped.std(1, keepdim=True) + eps)
     elif scale == "batch":
-        centred = centred / (rewards.std() + eps)
+        batch_var = masked_var(rewards, torch.ones_like(rewards), unbiased=True, across_ranks=True)
+        centred = centred / (batch_var.sqrt() + eps)
     return centred.reshape(-1)
 
 

@@ -55,7 +55,7 @@ def sample_and_score(policy: GPT, ref: GPT, reward: RewardModel, tokenizer: Toke
         out.prompts += chunk
         out.responses += tokenizer.decode_batch(ro.responses.tolist())
         out.rewards += ro.scores.tolist()
-        out.kl += (kl_penalty(ro.logprobs, ro.ref_logprobs, "k1") * ro.response_mask).sum(-1).tolist()
+        out.kl += kl_penalty(ro.logprobs, ro.ref_logprobs, "k1", ro.response_mask).sum(-1).tolist()
     return out
 
 

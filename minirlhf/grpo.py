@@ -7,10 +7,11 @@ One iteration of `GRPOTrainer.step(prompts)`:
                      RLOO (Ahmadian et al. 2024) R_i = r_i − β Σ_t KL_t,  A_i = R_i − mean_{j≠i} R_j
     3. update      epochs × num_minibatches of PPO's clipped per-token objective, A_i broadcast over
                    the tokens of response i; GRPO adds β·KL_t (k3, a loss term with gradient):
-                     loss = agg_t( −min(ρ_t A_i, clip(ρ_t, 1−ε, 1+ε_high) A_i) + β·k3_t )
+                     loss = agg_t( −min(ρ_t A_i, clip(ρ_t, 1−ε, 1+ε_high) A_i) + β·k3_t )   (no term at β = 0)
 
 Where the KL goes is the difference that matters. GRPO keeps the reward pure and pulls the policy back
-with a k3 term in the loss (k3 = π_ref/π − log(π_ref/π) − 1 ≥ 0, unbiased, low variance). RLOO puts
+with a k3 term in the loss (k3 = π_ref/π − log(π_ref/π) − 1 ≥ 0: an unbiased, low-variance estimate of
+KL(π ‖ π_ref), whose gradient as a loss is that of KL(π_ref ‖ π); k1 as a loss has none, so it is refused). RLOO puts
 β·KL (k1 by default) into the reward before the baseline, as PPO's shaping does, so the KL is traded
 against the score sample by sample. No value head, no GAE: a response is one action with one advantage.
 
@@ -27,13 +28,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .advantages import group_advantages, kl_penalty, rloo_advantages
+from .advantages import GROUP_SCALES, group_advantages, kl_penalty, rloo_advantages
 from .config import validate
 from .errors import InputError
 from .losses import ppo_policy_loss
 from .model import GPT
 from .online import OnlineConfig, OnlineTrainer, train_online
-from .ops import masked_aggregate
+from .ops import AGGREGATIONS, aggregation_count, masked_aggregate
 from .optim import minibatch_update
 from .rollout import PolicyLogprobs, Rollout
 from .runtime import autocast, sync_params
@@ -50,7 +51,9 @@ class GRPOConfig(OnlineConfig):
     kl_coef: float = 0.05
     """β: weight of the KL to the reference (GRPO: of the k3 loss term; RLOO: in the reward)."""
     kl_estimator: str = "k3"
-    """GRPO's loss term: k3 (never negative, unbiased). RLOO's reward uses k1 by default (RLOOConfig)."""
+    """GRPO's loss term: k3 (never negative; its gradient is that of KL(π_ref ‖ π)) or k2 (that of KL(π ‖ π_ref));
+    k1 is refused, as a loss term its expected gradient is 0 (advantages.kl_penalty). RLOO's reward uses k1 by
+    default (RLOOConfig)."""
     cliprange: float = 0.2
     """Lower (and, without cliprange_high, upper) ratio clip ε."""
     cliprange_high: float | None = None
@@ -66,8 +69,12 @@ class GRPOConfig(OnlineConfig):
     def __post_init__(self):
         super().__post_init__()
         validate(self, positive=("epochs", "cliprange"),
-                 choices={"scale_rewards": ("group", "batch", "none"),
-                          "loss_aggregation": ("token_mean", "sequence_mean", "dr_grpo")})
+                 choices={"scale_rewards": GROUP_SCALES, "loss_aggregation": AGGREGATIONS})
+        if self.algo == "grpo" and self.kl_estimator == "k1":
+            raise InputError("--kl_estimator=k1: as GRPO's loss term k1 = log π − log π_ref has zero expected "
+                             "gradient (E_π[∇ log π] = 0), so it would not pull towards the reference at all; "
+                             "use k3 (GRPO's, the gradient of KL(π_ref ‖ π)) or k2 (of KL(π ‖ π_ref)), or "
+                             "--algo rloo, which puts k1 in the reward")
         if self.group_size < 2:
             raise InputError(f"--group_size={self.group_size}: {self.algo.upper()} needs at least 2 responses per "
                              f"prompt (the group baseline of one sample is the sample itself: every advantage is 0)")
@@ -119,7 +126,7 @@ class GRPOTrainer(OnlineTrainer):
     def advantages(self, ro: Rollout, kl_coef: float):
         """-> (per-token KL (B, N), advantages (B,)). RLOO subtracts β·Σ_t KL_t from each score first."""
         c = self.config
-        kl = kl_penalty(ro.logprobs, ro.ref_logprobs, c.kl_estimator) * ro.response_mask
+        kl = kl_penalty(ro.logprobs, ro.ref_logprobs, c.kl_estimator, ro.response_mask)
         if c.algo == "rloo":
             return kl, rloo_advantages(ro.scores - kl_coef * kl.sum(-1), c.group_size)
         return kl, group_advantages(ro.scores, c.group_size, c.scale_rewards)
@@ -132,11 +139,11 @@ class GRPOTrainer(OnlineTrainer):
         pg_loss, stats = ppo_policy_loss(logprobs, mb.logprobs, advantages, mb.response_mask, c.cliprange,
                                          cliprange_high=c.cliprange_high, aggregation=c.loss_aggregation,
                                          norm_len=c.max_new_tokens)
-        loss = pg_loss
+        loss = pg_loss  # β = 0: no KL term at all (not even a zero times a term that could be inf)
         out = {f"{self.prefix}/policy_loss": pg_loss.detach()}
-        if c.algo == "grpo":  # the KL as a loss term, with gradient, aggregated like the policy term
-            kl_loss = masked_aggregate(kl_penalty(logprobs, mb.ref_logprobs, c.kl_estimator), mb.response_mask,
-                                       c.loss_aggregation, c.max_new_tokens)
+        if c.algo == "grpo" and kl_coef > 0:  # the KL as a loss term, with gradient, aggregated like the policy term
+            kl_loss = masked_aggregate(kl_penalty(logprobs, mb.ref_logprobs, c.kl_estimator, mb.response_mask),
+                                       mb.response_mask, c.loss_aggregation, c.max_new_tokens)
             loss = pg_loss + kl_coef * kl_loss
             out[f"{self.prefix}/kl_loss"] = kl_loss.detach()
         stats = {f"{self.prefix}/{k}": v for k, v in stats.items()}
@@ -147,6 +154,7 @@ class GRPOTrainer(OnlineTrainer):
         stats = minibatch_update(
             self.model, self.optimizer, ro.sequences.shape[0],
             lambda idx: self.loss(ro.minibatch(idx), advantages[idx], kl_coef),
+            count_fn=lambda idx: aggregation_count(ro.response_mask[idx], c.loss_aggregation),
             epochs=c.epochs, num_minibatches=c.num_minibatches, accumulation_steps=c.gradient_accumulation_steps,
             max_grad_norm=c.max_grad_norm, generator=self.generator, iteration=self.iteration + 1,
             guard=(f"{p}/loss",), grad_norm_key=f"{p}/grad_norm")

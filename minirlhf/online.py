@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .advantages import AdaptiveKLController, FixedKLController
+from .advantages import AdaptiveKLController, FixedKLController, kl_penalty
 from .config import validate
 from .errors import InputError
 from .optim import lr_at, make_adamw, set_lr
@@ -142,14 +142,21 @@ class OnlineTrainer:
                        c.pad_id, self.generator, c.missing_eos_penalty, value_fn=value_fn,
                        recompute_logprobs=c.recompute_logprobs, compile_step=c.compile_sampler, timer=self.timer)
 
-    def metrics(self, ro: Rollout, kl_per_seq: float, kl_coef: float, stats: dict) -> dict:
-        """The row every online trainer logs: reward, KL (the configured estimator, summed over a response and
-        averaged over responses, as end_iteration got it), β, entropy and response length, then the algorithm's
-        own `stats`, then the phase timings."""
-        m = ro.response_mask
+    def sequence_kl(self, ro: Rollout, estimator: str = "k1") -> float:
+        """Mean over responses of Σ_t KL_t to the reference (nats per response), by `estimator`."""
+        return kl_penalty(ro.logprobs, ro.ref_logprobs, estimator, ro.response_mask).sum(-1).mean().item()
+
+    def metrics(self, ro: Rollout, penalty_kl: float, kl_coef: float, stats: dict) -> dict:
+        """The row every online trainer logs: reward; KL as objective/kl, always k1 summed over a response and
+        averaged over responses, so that runs of every method and estimator compare (and, when the config's
+        estimator is another, its value `penalty_kl` as objective/kl_<estimator>, the one the penalty and the
+        controller use); β, entropy and response length, then the algorithm's own `stats`, then the timings."""
+        m, est = ro.response_mask, self.config.kl_estimator
+        kl = penalty_kl if est == "k1" else self.sequence_kl(ro, "k1")
         return {"iteration": self.iteration,
                 "env/reward_mean": ro.scores.mean().item(), "env/reward_std": ro.scores.std().item(),
-                "objective/kl": kl_per_seq, "objective/kl_coef": kl_coef,
+                "objective/kl": kl, **({} if est == "k1" else {f"objective/kl_{est}": penalty_kl}),
+                "objective/kl_coef": kl_coef,
                 "objective/entropy": masked_mean(ro.entropy, m).item(),
                 **stats,
                 "tokens/response_len": m.sum(-1).mean().item(),

@@ -61,7 +61,8 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
                   eps: float = 1e-8, across_ranks: bool = False) -> torch.Tensor:
     """(x - mean) / sqrt(var + eps) with statistics over real entries only; padding is returned as 0.
 
-    shift_mean=False only rescales (x / std): used to scale rewards without moving their mean.
+    shift_mean=False gives (x - mean) / std + mean: the spread is scaled to 1 while the mean stays where it
+    was (TRL's `whiten_rewards` with shift_mean=False, lm-human-preferences' reward scaling); it is not x / std.
     across_ranks=True takes mean and var over the real entries of every rank (all-reduced sums), so a
     batch split over N processes is whitened exactly as the whole batch in one process would be.
     """
@@ -159,4 +160,22 @@ def masked_aggregate(x: torch.Tensor, mask: torch.Tensor, how: str = "token_mean
     if how == "dr_grpo":
         n_sequences = x[..., 0].numel()
         return masked_sum(x, mask) / (n_sequences * (x.shape[-1] if norm_len is None else norm_len))
+    raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}; got {how!r}")
+
+
+def aggregation_count(mask: torch.Tensor, how: str = "token_mean") -> torch.Tensor:
+    """How many units masked_aggregate(·, mask, how) averages over: real tokens (token_mean), sequences with a
+    real token (sequence_mean) or sequences (dr_grpo, whose L is the same for every part of a batch).
+
+    A batch's aggregate is Σ_parts count_k · aggregate_k / Σ_parts count_k for any split of its rows (with the
+    same norm_len): what gradient accumulation and data parallelism need (optim.minibatch_update).
+    Worked example, masks [[1, 1, 1, 1]] and [[1, 0, 0, 0]]: token_mean counts 4 and 1, sequence_mean 1 and 1.
+    """
+    real = mask.bool()
+    if how == "token_mean":
+        return real.sum().float()
+    if how == "sequence_mean":
+        return real.any(-1).sum().float()
+    if how == "dr_grpo":
+        return torch.tensor(float(real[..., 0].numel()), device=mask.device)
     raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}; got {how!r}")

@@ -39,7 +39,7 @@ from .config import validate
 from .losses import ppo_policy_loss, ppo_value_loss
 from .model import GPT, RewardModel, ValueHead
 from .online import OnlineConfig, OnlineTrainer, train_online
-from .ops import masked_mean, masked_whiten
+from .ops import aggregation_count, masked_mean, masked_whiten
 from .optim import minibatch_update
 from .rollout import Rollout, response_hidden, response_logprobs
 from .runtime import autocast, sync_params
@@ -65,7 +65,8 @@ class PPOConfig(OnlineConfig):
     whiten_advantages: bool = True
     """Whiten advantages over the whole rollout batch (masked, unbiased=False)."""
     scale_rewards: bool = False
-    """Divide shaped rewards by their std (mean kept) before GAE."""
+    """Scale shaped rewards to unit std before GAE, keeping their mean: (r − μ)/σ + μ (masked_whiten's
+    shift_mean=False, TRL's whiten_rewards)."""
     value_model: str = "shared"
     """'shared' (value head on the policy trunk) or 'separate' (critic trunk from the reward model)."""
 
@@ -179,6 +180,7 @@ class PPOTrainer(OnlineTrainer):
         stats = minibatch_update(
             self.model, self.optimizer, ro.sequences.shape[0],
             lambda idx: self.loss(ro.minibatch(idx), advantages[idx], returns[idx]),
+            count_fn=lambda idx: aggregation_count(ro.response_mask[idx], "token_mean"),  # both losses: token means
             epochs=c.ppo_epochs, num_minibatches=c.num_minibatches, accumulation_steps=c.gradient_accumulation_steps,
             max_grad_norm=c.max_grad_norm, generator=self.generator, iteration=self.iteration + 1,
             guard=("ppo/policy_loss", "ppo/value_loss"), grad_norm_key="ppo/grad_norm")

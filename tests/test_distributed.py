@@ -14,8 +14,11 @@ from conftest import free_port
 from safetensors.torch import load_file, save_file
 
 from minirlhf import GPT, GPTConfig, RewardModel, Tokenizer, ValueHead
+from minirlhf.grpo import GRPOConfig, GRPOTrainer
+from minirlhf.ops import AGGREGATIONS
 from minirlhf.optim import clip_grad, make_adamw
 from minirlhf.ppo import PPOConfig, PPOTrainer
+from minirlhf.rollout import Rollout
 from minirlhf.runtime import average_gradients, barrier, init_distributed, shutdown_distributed, sync_params
 from minirlhf.sft import lm_loss
 
@@ -56,6 +59,37 @@ def ppo_step(rows: slice) -> dict:
     return {**state, "advantages": advantages, "scores": ro.scores}
 
 
+def cut_to_lengths(ro, lengths):
+    """The rollout with response i cut to lengths[i] tokens (the rest PAD and masked): responses of different
+    lengths, as EOS gives, without relying on a random model to sample EOS."""
+    keep = (torch.arange(ro.response_mask.shape[1]) < torch.tensor(lengths)[:, None]).float()
+    seq = ro.sequences.clone()
+    seq[:, ro.prompt_len:] = torch.where(keep.bool(), seq[:, ro.prompt_len:], torch.zeros_like(keep).long())
+    attn = ro.attention_mask.clone()
+    attn[:, ro.prompt_len:] = keep.long()
+    return Rollout(seq, attn, keep, ro.prompt_len, ro.logprobs * keep, ro.ref_logprobs * keep,
+                   None if ro.values is None else ro.values * keep, ro.scores, ro.entropy * keep)
+
+
+def grpo_step(rows: slice, aggregation: str) -> dict:
+    """GRPO's advantages (scaled by the batch's std) and one update, 2 micro-batches, on rows `rows` of the same
+    8 rollouts (two groups of 4), whose responses have 8 different lengths."""
+    torch.manual_seed(0)
+    policy, ref = GPT(CFG), GPT(CFG)
+    ref.load_state_dict(policy.state_dict())
+    config = GRPOConfig(max_new_tokens=6, batch_size=8, group_size=4, num_minibatches=1, eos_id=None, pad_id=0,
+                        lr=1e-2, iterations=0, scale_rewards="batch", loss_aggregation=aggregation,
+                        gradient_accumulation_steps=2 if rows.stop - rows.start == 4 else 4)
+    trainer = GRPOTrainer(policy, ref, token_sum_reward, config, generator=torch.Generator().manual_seed(0))
+    ro = trainer.rollout([[1, 5]] * 4 + [[1, 6, 4]] * 4)
+    ro = cut_to_lengths(ro, [6, 1, 4, 2, 5, 3, 6, 1]).minibatch(torch.arange(8)[rows])
+    ro.scores = token_sum_reward(ro.sequences, ro.response_mask)
+    _, advantages = trainer.advantages(ro, trainer.kl_ctl.kl_coef)
+    trainer.update(ro, advantages, trainer.kl_ctl.kl_coef)
+    state = {k: v.clone() for k, v in trainer.model.state_dict().items() if k != "policy.lm_head.weight"}
+    return {**state, "advantages": advantages, "scores": ro.scores}
+
+
 def worker(rank: int, world: int, port: int, tmp: str):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -64,18 +98,24 @@ def worker(rank: int, world: int, port: int, tmp: str):
     half = slice(rank * 4, rank * 4 + 4)
     save_file(lm_step(half, init_seed=100 + rank), f"{tmp}/lm{rank}.safetensors")
     save_file(ppo_step(half), f"{tmp}/ppo{rank}.safetensors")
+    for agg in AGGREGATIONS:
+        save_file(grpo_step(half, agg), f"{tmp}/grpo_{agg}{rank}.safetensors")
     barrier()  # as the CLI does: no rank leaves the group while the other still writes (gloo aborts)
     shutdown_distributed()
     if rank == 0:  # the 1-process reference on the whole batch, same process, same thread count
         save_file(lm_step(slice(0, 8), init_seed=100), f"{tmp}/lm_ref.safetensors")
         save_file(ppo_step(slice(0, 8)), f"{tmp}/ppo_ref.safetensors")
+        for agg in AGGREGATIONS:
+            save_file(grpo_step(slice(0, 8), agg), f"{tmp}/grpo_{agg}_ref.safetensors")
 
 
 @pytest.fixture(scope="module")
 def two_process_results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     mp.spawn(worker, args=(2, free_port(), str(tmp)), nprocs=2, join=True)
-    return {name: load_file(tmp / f"{name}.safetensors") for name in ("lm0", "lm1", "lm_ref", "ppo0", "ppo1", "ppo_ref")}
+    names = ["lm0", "lm1", "lm_ref", "ppo0", "ppo1", "ppo_ref"]
+    names += [f"grpo_{agg}{part}" for agg in AGGREGATIONS for part in ("0", "1", "_ref")]
+    return {name: load_file(tmp / f"{name}.safetensors") for name in names}
 
 
 def test_two_process_lm_step_equals_one_process_step_on_the_whole_batch(two_process_results):
@@ -100,6 +140,25 @@ def test_two_process_ppo_update_equals_one_process_update(two_process_results):
         if k not in ("advantages", "scores"):
             assert torch.equal(r["ppo0"][k], r["ppo1"][k]), k
             torch.testing.assert_close(r["ppo0"][k], ref[k], atol=1e-5, rtol=0, msg=k)
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_two_process_grpo_update_with_uneven_lengths_equals_one_process_update(two_process_results, aggregation):
+    """Rank 0's 4 responses hold 13 tokens, rank 1's 15: the token mean is over all 28 on both ranks (and the
+    batch std of scale_rewards="batch" over all 8 rewards), so 2 ranks × 2 micro-batches = 1 rank × 4."""
+    r = {part: two_process_results[f"grpo_{aggregation}{part}"] for part in ("0", "1", "_ref")}
+    ref = r["_ref"]
+    torch.testing.assert_close(torch.cat([r["0"]["scores"], r["1"]["scores"]]), ref["scores"])
+    adv = torch.cat([r["0"]["advantages"], r["1"]["advantages"]])
+    torch.testing.assert_close(adv, ref["advantages"], atol=1e-6, rtol=0)
+    by_hand = ref["scores"].view(2, 4)
+    by_hand = ((by_hand - by_hand.mean(1, keepdim=True)) / (ref["scores"].std() + 1e-4)).flatten()
+    torch.testing.assert_close(ref["advantages"], by_hand, atol=1e-6, rtol=0)      # the whole batch's std
+    assert (r["0"]["scores"].std() - ref["scores"].std()).abs() > 1e-3       # a rank's own std would differ
+    for k in ref:
+        if k not in ("advantages", "scores"):
+            assert torch.equal(r["0"][k], r["1"][k]), k
+            torch.testing.assert_close(r["0"][k], ref[k], atol=1e-5, rtol=0, msg=k)  # as the PPO test: Adam turns rounding into 1e-6
 
 
 # ---------------------------------------------------------------- the real command under torchrun
