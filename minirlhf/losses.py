@@ -97,7 +97,7 @@ def ranking_loss(rewards: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
 
     Ties: a pair with equal ranks says nothing about which is better, so it is skipped; the mean
     is then over the non-tied pairs of the whole batch (equal to the paper's 1/C(K,2) form when
-    there are no ties). A batch with no untied pair gives 0. Seed 000's rank_to_pair_label instead
+    there are no ties). A batch with no untied pair gives 0. The reward-model study notes' rank_to_pair_label instead
     counts a tie as "first is better"; `minirlhf.ranks` keeps that rule for its conversions.
 
     rewards (B, K) float, ranks (B, K) int -> scalar. Vectorised: no Python loop over pairs.

@@ -1,13 +1,13 @@
 """Three ways to write down the same ranking of K candidates, and the conversions between them.
 
-Seed 000 (InstructGPT's reward loss) stores a ranking of K answers as:
+The reward-model study notes (on InstructGPT's reward loss, docs/references.md) store a ranking of K answers as:
 
 - ranks        (B, K)       rank[k] of candidate k; 0 = best.              e.g. [1, 2, 0]
 - pair labels  (B, P)       for each pair (i, j), i < j, in itertools.combinations order
                             (P = K(K-1)/2): 1 if candidate i is better.    e.g. [1, 0, 0]
 - gather ids   (B, P, 2)    for each pair, [better, worse].                e.g. [[0,1],[2,0],[2,1]]
 
-The seed used lookup tables that stopped at K = 9; here the pairs come from itertools for any
+The notes used lookup tables that stopped at K = 9; here the pairs come from itertools for any
 K >= 2. Every function accepts nested lists or tensors and returns the same kind it was given
 (lists in, lists out). The leading batch dimension is optional.
 """
@@ -54,7 +54,7 @@ def _out(t: torch.Tensor, as_list: bool):
 def ranks_to_pair_labels(ranks):
     """Pair label 1 where rank[i] <= rank[j] (the first of the pair is better), else 0.
 
-    A tie counts as "first is better", the seed's rule (`losses.ranking_loss` skips ties instead).
+    A tie counts as "first is better", the notes' rule (`losses.ranking_loss` skips ties instead).
 
     >>> ranks_to_pair_labels([[1, 2, 0], [2, 1, 0]])   # pairs (0,1), (0,2), (1,2)
     [[1, 0, 0], [0, 0, 0]]
@@ -118,7 +118,7 @@ def scores_to_ranks(scores, ties: str = "min"):
 
 
 def ranking_loss_from_gather_ids(rewards: torch.Tensor, gather_ids: torch.Tensor) -> torch.Tensor:
-    """Seed 000's loss_v3: -mean log sigma(r[better] - r[worse]) over the (B, P) pairs.
+    """The reward-model study notes' loss_v3: -mean log sigma(r[better] - r[worse]) over the (B, P) pairs.
 
     rewards (B, K), gather_ids (B, P, 2) long -> scalar. When there are no ties it equals
     `losses.ranking_loss(rewards, ranks)` with

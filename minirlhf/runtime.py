@@ -66,7 +66,7 @@ class PhaseTimer:
     """Wall seconds of named phases: `with timer("time/generate_s"): ...`, read from `timer.times`.
 
     On CUDA each phase waits for its own kernels before the clock stops (one synchronize per phase), so a
-    phase is not charged the GPU work of the one before it. Without a timer, `PhaseTimer.off()` times nothing.
+    phase is not charged the GPU work of the one before it. A function that is given no timer makes its own, whose times nobody reads.
     """
 
     def __init__(self, device: torch.device | None = None):

@@ -87,18 +87,11 @@ def uniforms(n: int, generator: torch.Generator | None, device) -> torch.Tensor:
 def inverse_cdf(probs: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """One token per row of a (B, V) probability table (not necessarily normalised), given r (B, 1) uniform
     on [0, 1): token i is drawn when cdf[i-1] < u ≤ cdf[i], u = (1 - r)·cdf[V-1], which happens with
-    probability p_i. u > 0, so a token of probability 0 (filtered out by top-k/top-p) is never drawn."""
+    probability p_i. u > 0, so a token of probability 0 (filtered out by top-k/top-p) is never drawn.
+    One random number per row: torch.multinomial draws one per vocabulary entry (B·V of them, on one core),
+    which at 64 × 4096 on a CPU cost more than the whole forward step."""
     cdf = probs.cumsum(-1)                                                          # (B, V)
     return torch.searchsorted(cdf, (1 - r) * cdf[:, -1:]).squeeze(-1)              # first i with cdf[i] ≥ u
-
-
-def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """inverse_cdf with one random number per row from `generator`.
-
-    torch.multinomial draws one per vocabulary entry (B·V of them, on one core), which at 64 × 4096 on a
-    CPU cost more than the whole forward step.
-    """
-    return inverse_cdf(probs, uniforms(probs.shape[0], generator, probs.device))
 
 
 def sample_from(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, r: torch.Tensor,

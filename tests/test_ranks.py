@@ -9,13 +9,13 @@ from minirlhf.losses import ranking_loss
 from minirlhf.ranks import (gather_ids_to_pair_labels, pair_index, pair_labels_to_gather_ids,
                             ranking_loss_from_gather_ids, ranks_to_pair_labels, scores_to_ranks)
 
-# Seed 000's tables for K = 3.
+# The reward-model study notes' tables for K = 3.
 SEED_COMBINATION_3 = [[0, 1], [0, 2], [1, 2]]
 SEED_RE_COMBINATION_3 = [[1, 0], [2, 0], [2, 1]]
 
 
 def seed_rank_to_pair_label(ranks):
-    """Seed 000's rank_to_pair_label for K = 3, written out as the reference."""
+    """The reward-model study notes' rank_to_pair_label for K = 3, written out as the reference."""
     return [[1 if rank[a] <= rank[b] else 0 for a, b in SEED_COMBINATION_3] for rank in ranks]
 
 
@@ -42,7 +42,7 @@ def test_k3_agrees_with_seed_tables_on_all_rankings():
 
 
 def test_seed_examples():
-    # From the seed's comments: ranks [[1,2,0],[2,1,0]]; pair_label [[1,0,1],[0,0,1]] round trip.
+    # From the notes' comments: ranks [[1,2,0],[2,1,0]]; pair_label [[1,0,1],[0,0,1]] round trip.
     assert ranks_to_pair_labels([[1, 2, 0], [2, 1, 0]]) == [[1, 0, 0], [0, 0, 0]]
     pair_labels = [[1, 0, 1], [0, 0, 1]]
     gather_ids = pair_labels_to_gather_ids(pair_labels)

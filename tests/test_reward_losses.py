@@ -112,7 +112,7 @@ def test_docstring_worked_examples():
         pytest.approx(0.8133, abs=1e-4)
 
 
-# ---------------------------------------------------------------------------- the seed's numbers
+# ---------------------------------------------------------------------------- the reward-model study notes' numbers
 
 
 def test_seed_loss_v1_best_of_4():
@@ -125,7 +125,7 @@ def test_seed_loss_v1_best_of_4():
 
 
 def test_seed_loss_v1_plus_plus_form():
-    # The seed's "sorted" form: the chosen candidate sits in column 0, so best_idx = 0.
+    # The notes' "sorted" form: the chosen candidate sits in column 0, so best_idx = 0.
     rewards = torch.tensor([[1., 2, 3, 4], [6, 5, 7, 8], [11, 10, 9, 12], [16, 13, 14, 15]])
     v1_plus_plus = torch.sum((rewards - rewards[:, :1]).exp(), -1).log().mean()
     v1_plus = -torch.log(rewards.exp()[:, 0] / rewards.exp().sum(1)).mean()
@@ -149,7 +149,7 @@ def test_seed_loss_v2_pairwise():
 
 
 def seed_loss_v3(gather_ids, rewards):
-    """Seed 000's loss_v3, copied as the independent reference."""
+    """The reward-model study notes' loss_v3, copied as the independent reference."""
     r1 = torch.gather(rewards, 1, gather_ids[:, :, 0])
     r2 = torch.gather(rewards, 1, gather_ids[:, :, 1])
     return -torch.nn.functional.logsigmoid(r1 - r2).mean()

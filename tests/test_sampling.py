@@ -170,9 +170,13 @@ def test_bad_arguments(tiny_gpt):
         generate(tiny_gpt, [[]], 2)
 
 
-def test_sample_categorical_frequencies_and_zero_probability_tokens():
+def sample_categorical(probs, generator):
+    from minirlhf.sampling import inverse_cdf, uniforms
+    return inverse_cdf(probs, uniforms(probs.shape[0], generator, probs.device))
+
+
+def test_inverse_cdf_frequencies_and_zero_probability_tokens():
     """Inverse-CDF sampling draws token i with probability p_i, and never a token of probability 0."""
-    from minirlhf.sampling import sample_categorical
     probs = torch.tensor([0.5, 0.0, 0.2, 0.3, 0.0])
     g = torch.Generator().manual_seed(0)
     draws = torch.cat([sample_categorical(probs.expand(1000, 5), g) for _ in range(100)])
