@@ -12,11 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm  # plain tqdm: tqdm.auto warns in kernels without ipywidgets
 
-from .errors import InputError
-
-
-class TrainingDiverged(InputError):
-    """A loss, reward or gradient norm became NaN or inf. The last good checkpoint is kept."""
+from .errors import InputError, TrainingDiverged  # noqa: F401  (TrainingDiverged importable from here, as before)
 
 
 def check_finite(metrics: dict, step: int, keys=None, unit: str = "step"):

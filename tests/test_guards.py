@@ -41,8 +41,8 @@ def trainer_with(reward):
                                                      eos_id=2, pad_id=0, iterations=0))
 
 
-def test_training_diverged_is_a_one_line_input_error():
-    assert issubclass(TrainingDiverged, InputError)
+def test_training_diverged_is_not_an_input_error():
+    assert not issubclass(TrainingDiverged, InputError)   # bad input exits 2, a diverged run 3
 
 
 def test_ppo_nan_reward_stops_before_any_update():
@@ -114,13 +114,13 @@ def test_reward_nan_loss_stops_before_the_step(dirs, tmp_path, monkeypatch):
     assert latest_checkpoint(tmp_path / "rm").name == "step-1"
 
 
-def test_cli_divergence_is_one_line_exit_2(tmp_path):
+def test_cli_divergence_is_one_line_exit_3(tmp_path):
     (tmp_path / "t.txt").write_text("\n".join(TEXTS), encoding="utf-8")
     r = subprocess.run([sys.executable, "-m", "minirlhf", "pretrain", "--text", str(tmp_path / "t.txt"), "--out",
                         str(tmp_path / "lm"), "--steps", "8", "--save-every", "1", "--lr=1e30", "--warmup_steps=0",
                         *[f"--{k}={v}" for k, v in TINY.items()]], capture_output=True, text=True,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.returncode == 3 and "Traceback" not in r.stderr
     last = r.stderr.strip().splitlines()[-1]          # after the progress bar: the one message
     assert re.match(r"step \d: train/(loss|grad_norm) is (nan|inf); stopping \(the last good checkpoint is kept\)$",
                     last), last
