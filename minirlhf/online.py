@@ -19,7 +19,7 @@ from .config import validate
 from .errors import InputError
 from .optim import lr_at, make_adamw, set_lr
 from .ops import masked_mean
-from .rollout import Rollout, collect, load_policy_and_reward
+from .rollout import Rollout, TextReward, collect, load_policy_and_reward, takes_text
 from .run import Run
 from .runtime import (PhaseTimer, dist_info, init_distributed, mean_across_ranks, rank_seed,
                       resolve_device, seed_everything)
@@ -138,6 +138,9 @@ class OnlineTrainer:
     def rollout(self, prompts: list[list[int]], value_fn=None) -> Rollout:
         """rollout.collect with this trainer's policy, reference, reward, generator and timer."""
         c = self.config
+        if not all(isinstance(p, (list, tuple)) and all(isinstance(t, int) for t in p) for p in prompts):
+            raise InputError(f"{type(self).__name__}.step takes prompts as token ids, [bos] + encode(prompt); "
+                             f"got {type(prompts[0]).__name__}: encode texts with tokenizer.encode_prompts(texts)")
         return collect(self.policy, self.ref_policy, self.reward, prompts, c.max_new_tokens, c.temperature, c.eos_id,
                        c.pad_id, self.generator, c.missing_eos_penalty, value_fn=value_fn,
                        recompute_logprobs=c.recompute_logprobs, compile_step=c.compile_sampler, timer=self.timer)
@@ -183,7 +186,11 @@ def train_online(trainer_cls, name: str, prompts: list[str], init_dir, reward_di
                  resume: bool = False, overwrite: bool = False, reward_fn=None, show_progress: bool = True,
                  on_iteration=None):
     """Run `config.iterations` iterations of `trainer_cls` from the policy in `init_dir` against the reward
-    model in `reward_dir` (or `reward_fn(sequences, response_mask) -> scores`); returns the trainer.
+    model in `reward_dir`, or (reward_dir=None) a reward function; returns the trainer.
+
+    `reward_fn` is either `fn(prompts, responses) -> one number each`, on strings (its first parameter named
+    `prompts`, as TRL's reward functions: rollout.TextReward), or `fn(sequences, response_mask) -> (B,)` on the
+    rollout's tensors (left-padded prompt ⊕ right-padded response ids, and the response's mask).
 
     `on_iteration(trainer, row)` is called after each logged iteration (the demo's judge curve uses it).
     The output directory is a self-contained policy: config.json + model.safetensors (HF GPT-2 format),
@@ -191,6 +198,9 @@ def train_online(trainer_cls, name: str, prompts: list[str], init_dir, reward_di
     """
     if not prompts:
         raise InputError("no prompts to train on")
+    if (reward_dir is None) == (reward_fn is None):
+        raise InputError("give the run a reward model directory or a reward_fn, one of the two"
+                         + (" (not both: the model would be loaded and never used)" if reward_fn else ""))
     device = resolve_device(config.device)
     init_distributed(device)
     run = Run(out_dir, name, config.iterations, resume, overwrite, inputs=(init_dir, reward_dir),
@@ -201,11 +211,13 @@ def train_online(trainer_cls, name: str, prompts: list[str], init_dir, reward_di
                      pad_id=tokenizer.pad_id)
     if config.eos_id == config.pad_id:
         raise InputError(f"--eos_id={config.eos_id} is the tokenizer's PAD id; EOS must differ from PAD")
-    context = min(policy.config.block_size, reward.config.block_size)
+    context = min(policy.config.block_size, reward.config.block_size if reward else policy.config.block_size)
     if context - config.max_new_tokens < 1:
         raise InputError(f"--max_new_tokens={config.max_new_tokens} leaves no room for a prompt in the "
                          f"models' context of {context} tokens")
     pool = tokenizer.encode_prompts(prompts, context - config.max_new_tokens)
+    if reward_fn is not None and takes_text(reward_fn):
+        reward_fn = TextReward(reward_fn, tokenizer)
     trainer = trainer_cls(policy, ref, reward_fn or reward, config)
     start, extra = run.restore(trainer.modules(), trainer.optimizer, {name: trainer.generator})
     if extra:

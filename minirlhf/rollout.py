@@ -14,6 +14,7 @@ state *before* the token is chosen.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,10 +88,48 @@ class PolicyLogprobs(nn.Module):
 
 def score(reward, sequences, attention_mask, response_mask) -> torch.Tensor:
     """(B,) scores: a RewardModel reads prompt ⊕ response at its last real token; any other callable is
-    called as fn(sequences, response_mask)."""
+    called as fn(sequences, response_mask) (a TextReward turns the ids into strings first)."""
     if isinstance(reward, RewardModel):
         return reward(sequences, attention_mask).float()
     return torch.as_tensor(reward(sequences, response_mask), dtype=torch.float32, device=sequences.device)
+
+
+def takes_text(fn) -> bool:
+    """True for a reward function on strings: its first parameter is named `prompts` (TRL's convention)."""
+    try:
+        params = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return False
+    return bool(params) and params[0] == "prompts"
+
+
+class TextReward:
+    """A reward function on strings, as TRL's reward functions get them:
+
+        fn(prompts: list[str], responses: list[str]) -> one number per response
+
+    called with each rollout's prompt and response decoded by `tokenizer` (special tokens — BOS, EOS, PAD —
+    left out). The trainers call it like any reward callable, fn(sequences, response_mask);
+    `train_ppo`/`train_grpo` wrap a `reward_fn` whose first parameter is named `prompts` in it themselves.
+    Example: `TextReward(lambda prompts, responses: [r.count("好") for r in responses], tokenizer)`.
+    """
+
+    def __init__(self, fn, tokenizer: Tokenizer):
+        self.fn, self.tokenizer = fn, tokenizer
+
+    def texts(self, sequences, response_mask) -> tuple[list[str], list[str]]:
+        P = sequences.shape[1] - response_mask.shape[1]
+        responses = torch.where(response_mask.bool(), sequences[:, P:], self.tokenizer.pad_id)
+        return (self.tokenizer.decode_batch(sequences[:, :P].tolist()),
+                self.tokenizer.decode_batch(responses.tolist()))
+
+    def __call__(self, sequences, response_mask) -> torch.Tensor:
+        prompts, responses = self.texts(sequences, response_mask)
+        scores = self.fn(prompts, responses)
+        if len(scores) != len(responses):
+            raise InputError(f"reward function {getattr(self.fn, '__name__', self.fn)!r} returned {len(scores)} "
+                             f"scores for {len(responses)} responses")
+        return torch.as_tensor([float(x) for x in scores], dtype=torch.float32, device=sequences.device)
 
 
 def apply_missing_eos_penalty(scores, responses, eos_id: int | None, penalty: float | None):
@@ -147,17 +186,18 @@ def collect(policy: GPT, ref_policy: GPT, reward, prompts: list[list[int]], max_
 
 
 def load_policy_and_reward(init_dir, reward_dir, device):
-    """(tokenizer, policy, frozen reference, reward model) of an online RL run, checking that they share
-    one vocabulary."""
+    """(tokenizer, policy, frozen reference, reward model or None) of an online RL run, checking that they share
+    one vocabulary. reward_dir=None: the run is scored by a reward function, and no reward model is loaded."""
     tokenizer = Tokenizer.from_file(Path(init_dir) / "tokenizer.json")
     policy = GPT.from_pretrained(init_dir).to(device)
     ref = GPT.from_pretrained(init_dir).to(device)
-    reward = RewardModel.from_pretrained(reward_dir).to(device)
-    for name, cfg in (("--init", policy.config), ("--reward", reward.config)):
-        if cfg.vocab_size != tokenizer.vocab_size:
+    reward = None if reward_dir is None else RewardModel.from_pretrained(reward_dir).to(device)
+    for name, cfg in (("--init", policy.config), ("--reward", reward.config if reward else None)):
+        if cfg is not None and cfg.vocab_size != tokenizer.vocab_size:
             raise InputError(f"{name}: model has {cfg.vocab_size} tokens but {init_dir}/tokenizer.json has "
                              f"{tokenizer.vocab_size}")
-    reward_tok = Path(reward_dir) / "tokenizer.json"
-    if reward_tok.exists() and Tokenizer.from_file(reward_tok).tok.to_str() != tokenizer.tok.to_str():
+    reward_tok = None if reward_dir is None else Path(reward_dir) / "tokenizer.json"
+    if reward_tok is not None and reward_tok.exists() and \
+            Tokenizer.from_file(reward_tok).tok.to_str() != tokenizer.tok.to_str():
         raise InputError(f"{reward_tok}: the reward model was trained with a different tokenizer than {init_dir}")
     return tokenizer, policy, ref, reward

@@ -79,7 +79,7 @@ def test_train_ppo_nan_reward_keeps_the_last_good_checkpoint(dirs, tmp_path):
         return torch.full((seq.shape[0],), float("nan") if len(calls) == 3 else 1.0)
     cfg = PPOConfig(iterations=5, save_every=1, batch_size=4, num_minibatches=2, ppo_epochs=1, max_new_tokens=4)
     with pytest.raises(TrainingDiverged, match="iteration 3: env/reward_mean is nan"):
-        train_ppo(["今天", "我们"], dirs / "sft", dirs / "reward", tmp_path / "p", cfg, reward_fn=reward_nan_at_iteration_3,
+        train_ppo(["今天", "我们"], dirs / "sft", None, tmp_path / "p", cfg, reward_fn=reward_nan_at_iteration_3,
                   show_progress=False)
     assert latest_checkpoint(tmp_path / "p").name == "step-2"
     rows = [json.loads(x) for x in (tmp_path / "p" / "metrics.jsonl").read_text().splitlines()]
