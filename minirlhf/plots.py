@@ -51,7 +51,7 @@ FIGURES = {
     "lm_loss.png": ("language model: next-token loss", ["train/loss", "val/loss", "train/lr", "train/grad_norm"]),
     "reward_model.png": ("reward model: loss and accuracy", ["reward/loss", "val/loss", "reward/accuracy",
                                                             "val/accuracy", "reward/margin_mean", "reward/score_std"]),
-    "rlhf.png": ("PPO: reward, KL, judge", ["env/reward_mean", "objective/kl", "eval/judge_positive_rate",
+    "rlhf.png": ("online RL: reward, KL", ["env/reward_mean", "objective/kl", "eval/judge_positive_rate",
                                             "objective/entropy", "eval/distinct_2", "objective/kl_coef",
                                             "tokens/response_len"]),
     "ppo_losses.png": ("PPO: losses and diagnostics", ["ppo/policy_loss", "ppo/value_loss", "ppo/approx_kl",
@@ -59,6 +59,14 @@ FIGURES = {
 }
 OTHER = "other.png"
 ONLY_IF_IT_MOVES = {"objective/kl_coef"}  # β is a flat line unless adaptive_kl: its panel would be wasted
+
+
+def rlhf_title(logged: set[str]) -> str:
+    """rlhf.png's title names the method that logged the run and says what its eval/ panels are."""
+    method = next((m.upper() for m in ("ppo", "grpo", "rloo") if any(k.startswith(m + "/") for k in logged)),
+                  "online RL")
+    judged = "eval/judge_positive_rate" in logged
+    return f"{method}: reward, KL" + (", judge (eval/*: the judge curve's own, smaller sample)" if judged else "")
 
 
 def figures_for(rows: list[dict], x_key: str) -> dict[str, tuple[str, list[str]]]:
@@ -69,7 +77,7 @@ def figures_for(rows: list[dict], x_key: str) -> dict[str, tuple[str, list[str]]
     for name, (title, keys) in FIGURES.items():
         if keys[0] in logged:
             keys = [k for k in keys if k in logged and (k not in ONLY_IF_IT_MOVES or moves(k))]
-            out[name] = (title, keys)
+            out[name] = (rlhf_title(logged) if name == "rlhf.png" else title, keys)
             used |= set(keys)
     rest = sorted(k for k in logged - used if k not in ONLY_IF_IT_MOVES or moves(k))
     if rest:

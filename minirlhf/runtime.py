@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import random
 import time
 
@@ -180,3 +181,26 @@ def all_gather(t: torch.Tensor) -> list[torch.Tensor]:
     out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
     dist.all_gather(out, t)
     return [o.cpu() for o in out]
+
+
+def machine(device: torch.device | str = "cpu") -> dict:
+    """What a figure was measured on: CPU model, cores, torch threads, torch version, device (and GPU name).
+    Reports carry it, since the same seed gives other numbers on another CPU, thread count or torch."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "device": str(device)}
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def describe_machine(info: dict) -> str:
+    """One line for a report's console summary."""
+    gpu = f", {info['gpu']}" if info.get("gpu") else ""
+    return (f"{info['cpu']} ({info['cores']} cores, {info['threads']} torch threads), torch {info['torch']}, "
+            f"{info['device']}{gpu}")

@@ -39,6 +39,7 @@ def test_every_method_gets_a_curve_from_the_same_start(quick_run):
     assert "| best-of-2 | ≤ " in (out / "compare.md").read_text(encoding="utf-8")
     assert json.loads((out / "preferences.json").read_text())["pairs"] > 0
     assert "| dpo |" in r.stdout and "frontier:" in r.stdout
+    assert "--quick is a toy-size smoke test: its numbers mean nothing; run `minirlhf compare`" in r.stdout
 
 
 def test_rerun_reuses_every_method_and_a_changed_one_reruns_alone(quick_run):

@@ -4,6 +4,7 @@ import shutil
 from dataclasses import fields, replace
 
 import pytest
+import torch
 from conftest import run_cli
 
 from minirlhf import Tokenizer
@@ -48,6 +49,9 @@ def test_quick_demo_writes_the_run_directory(quick_run):
     assert "stage" in r.stdout and "total" in r.stdout  # the timing table
     assert r.stdout.splitlines()[:4] == ["training pretrain/", "training sft/", "training reward/", "training policy/"]
     assert "pretrained -> sft -> ppo" in r.stdout
+    assert "  response alone (held-out)" in r.stdout                     # the console shows both splits
+    machine = next(line for line in r.stdout.splitlines() if line.startswith("measured on: "))
+    assert "torch threads" in machine and report["machine"]["torch"] == torch.__version__ in machine
     assert "--quick is a toy-size smoke test: its numbers mean nothing; run `minirlhf demo`" in r.stdout
     assert Tokenizer.from_file(out / "sft" / "tokenizer.json").tok.token_to_id("□") is not None  # the stand-in
 

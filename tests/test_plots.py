@@ -48,3 +48,12 @@ def test_plot_run_writes_the_named_files(tmp_path):
     paths = plot_run(tmp_path, rows)
     assert sorted(p.name for p in paths) == sorted(figures_for(rows, "iteration"))
     assert all(p.parent == tmp_path / "plots" and p.stat().st_size > 0 for p in paths)
+
+
+def test_rlhf_figure_is_titled_by_the_method_and_promises_a_judge_only_when_there_is_one():
+    from minirlhf.plots import figures_for
+    grpo = [{"iteration": i, "env/reward_mean": 0.1 * i, "objective/kl": 0.1, "grpo/loss": 0.0} for i in (1, 2)]
+    assert figures_for(grpo, "iteration")["rlhf.png"][0] == "GRPO: reward, KL"
+    judged = [dict(r, **{"ppo/policy_loss": 0.0, "eval/judge_positive_rate": 0.5}) for r in grpo[:1]]
+    title = figures_for(judged, "iteration")["rlhf.png"][0]
+    assert title.startswith("PPO: reward, KL, judge") and "smaller sample" in title

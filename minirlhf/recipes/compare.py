@@ -38,8 +38,9 @@ from ..plots import _figure, save_figure
 from ..ppo import train_ppo
 from ..responses import make_preferences
 from ..rrhf import RRHFConfig, train_rrhf
+from ..runtime import machine
 from . import reviews
-from .demo_report import evaluate, judge_stats
+from .demo_report import evaluate, judge_stats, print_header
 from .sentiment_zh import DemoConfig, check_out_dir, prepare, quick_config
 from .stages import StagedConfig, mark_done, stage_digest
 
@@ -238,7 +239,7 @@ def run_compare(out_dir="runs/compare", config: CompareConfig = CompareConfig(),
               "seconds": {"reference_and_reward": round(sum(v for k, v in prep.seconds.items() if k != "data"), 1),
                           **{k: v["seconds"] for k, v in results.items()},
                           "this_invocation": round(time.time() - t_start, 1)},
-              "config": asdict(config)}
+              "config": asdict(config), "machine": machine(config.demo.device)}
     save_json(out / "compare.json", report)
     (out / "compare.md").write_text(table(results), encoding="utf-8")
     plot_frontier(results, out / "frontier.png")
@@ -281,6 +282,6 @@ def plot_frontier(results: dict, path):
 
 
 def print_compare(report: dict, out) -> None:
-    print(f"\nrun directory: {out}")
+    print_header(report, out, "compare", report["config"]["demo"]["quick"])
     print(table(report["methods"]))
     print(f"frontier: {Path(out) / 'frontier.png'}")

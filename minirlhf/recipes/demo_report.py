@@ -14,6 +14,7 @@ from ..checkpoint import load_json
 from ..evaluation import sample_and_score, score_texts, summary
 from ..model import RewardModel
 from ..plots import plot_run
+from ..runtime import describe_machine
 from ..tracking import read_metrics
 from . import reviews
 
@@ -113,11 +114,20 @@ def write_plots(out: Path):
     plot_run(out, merged)  # what `minirlhf plot --run` draws; sft/plots and reward/plots hold the stages' own
 
 
+def print_header(report: dict, out, command: str, quick: bool) -> None:
+    """The first lines of every recipe's summary: where the run is, what machine its figures are from, and, for
+    --quick, that they mean nothing."""
+    print(f"\nrun directory: {out}")
+    if report.get("machine"):
+        print(f"measured on: {describe_machine(report['machine'])}")
+    if quick:
+        print(f"--quick is a toy-size smoke test: its numbers mean nothing; run `minirlhf {command}` for the real "
+              "figures")
+
+
 def print_report(report: dict, out) -> None:
     """The closing summary: the figures of each model (pretrained, sft, ppo) and the per-stage timing table."""
-    print(f"\nrun directory: {out}")
-    if report.get("config", {}).get("quick"):
-        print("--quick is a toy-size smoke test: its numbers mean nothing; run `minirlhf demo` for the real figures")
+    print_header(report, out, "demo", report.get("config", {}).get("quick"))
     names = {"pretrained": "pretrained", "before": "sft" if "pretrained" in report["reward"] else "reference",
              "after": "ppo"}
     cols = [k for k in names if k in report["reward"]]
@@ -126,11 +136,13 @@ def print_report(report: dict, out) -> None:
     row("judge positive rate (pool)", report["judge_positive_rate"], ".3f")
     row("judge positive rate (held-out)", report["heldout"]["judge_positive_rate"], ".3f")
     row("  response alone (pool)", report["judge_positive_rate_response"], ".3f")
+    if "judge_positive_rate_response" in report["heldout"]:
+        row("  response alone (held-out)", report["heldout"]["judge_positive_rate_response"], ".3f")
     row("reward (pool)", report["reward"], "+.3f")
     row("distinct-2 (pool)", report["distinct_2"], ".3f")
     print(f"{'KL to reference (pool, nats)':<31}{report['kl']['after']:.3f}")
     print(f"{'reward model test accuracy':<31}{report['reward_model']['test_accuracy']:.3f}")
     if report.get("seconds"):
-        print("\nstage        seconds")
+        print("\nstage        seconds   (as measured when each stage ran; a cached stage keeps its time)")
         for k, v in report["seconds"].items():
             print(f"{k:<12} {v:>7.1f}")

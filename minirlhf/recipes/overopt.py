@@ -26,9 +26,10 @@ from ..checkpoint import save_json
 from ..config import validate
 from ..plots import _figure, save_figure
 from ..ppo import train_ppo
+from ..runtime import machine
 from . import reviews
 from .compare import Evaluator, eval_steps
-from .demo_report import evaluate
+from .demo_report import evaluate, print_header
 from .sentiment_zh import DemoConfig, check_out_dir, prepare, quick_config
 from .stages import StagedConfig
 
@@ -99,12 +100,13 @@ def run_overoptimization(out_dir="runs/overopt", config: OveroptConfig = Overopt
         samples[name] = [{"prompt": p, "response": r, "reward": round(x, 3), "judge": round(j, 3)}
                          for p, r, x, j in zip(s.prompts, s.responses, s.rewards, judged)]
     for p in curve:
-        p["sqrt_kl"] = round(math.sqrt(max(p["kl"], 0.0)), 4)
+        p["sqrt_kl"] = round(math.sqrt(max(0.0, p["kl"])), 4)  # max(0.0, -0.0) is 0.0; max(-0.0, 0.0) is -0.0
     d = [p["sqrt_kl"] for p in curve]
     fits = {name: fit_gao(d, [p[key] - curve[0][key] for p in curve])
             for name, key in (("proxy", "reward"), ("gold", "judge_positive_rate"))}
     report = {"curve": curve, "fits": {k: (None if v is None else {"alpha": v[0], "beta": v[1]}) for k, v in fits.items()},
-              "samples": samples, "seconds": round(time.time() - t0, 1), "config": asdict(config)}
+              "samples": samples, "seconds": round(time.time() - t0, 1), "config": asdict(config),
+              "machine": machine(config.demo.device)}
     save_json(out / "overopt.json", report)
     plot_overoptimization(curve, fits, out / "overopt.png")
     return report
@@ -133,11 +135,11 @@ def plot_overoptimization(curve: list[dict], fits: dict, path):
 
 
 def print_overoptimization(report: dict, out) -> None:
-    print(f"\nrun directory: {out}")
-    print("iteration  √KL    proxy reward  judge rate  distinct-2")
+    print_header(report, out, "overopt", report["config"]["demo"]["quick"])
+    print(f"{'iteration':>9}  {'√KL':>5}  {'proxy reward':>12}  {'judge rate':>10}  {'distinct-2':>10}")
     for p in report["curve"]:
-        print(f"{p['x']:>9}  {p['sqrt_kl']:.2f}  {p['reward']:+.3f}        {p['judge_positive_rate']:.3f}       "
-              f"{p['distinct_2']:.3f}")
+        print(f"{p['x']:>9}  {p['sqrt_kl']:>5.2f}  {p['reward']:>+12.3f}  {p['judge_positive_rate']:>10.3f}  "
+              f"{p['distinct_2']:>10.3f}")
     for when in ("start", "end"):
         print(f"{when}: " + " / ".join(x["prompt"] + x["response"] for x in report["samples"][when][::2][:4]))
     print(f"figure: {Path(out) / 'overopt.png'}")

@@ -28,7 +28,7 @@ from ..errors import InputError
 from ..model import GPT, RewardModel
 from ..ppo import PPOConfig, train_ppo
 from ..reward import RewardConfig, train_reward_model
-from ..runtime import resolve_device
+from ..runtime import machine, resolve_device
 from ..sft import PretrainConfig, SFTConfig, pretrain, train_sft
 from ..tokenizer import STAND_IN, Tokenizer
 from . import reviews
@@ -237,6 +237,7 @@ def run_demo(out_dir="runs/demo", config: DemoConfig = DemoConfig(), show_progre
         def judge_curve(trainer, row):
             it = row["iteration"]
             if config.judge_every and (it % config.judge_every == 0 or it == 1):
+                # 8 samples a prompt: a cheaper, noisier estimate than the report's (rlhf.png's title says so)
                 stats, _, _ = evaluate(trainer.model.policy, sft, rm, tokenizer, reviews.POOL, 8, config, seed=it)
                 judge_rows.append({"iteration": it, "eval/judge_positive_rate": stats["judge_positive_rate"],
                                    "eval/reward": stats["reward"], "eval/distinct_2": stats["distinct_2"]})
@@ -258,6 +259,7 @@ def run_demo(out_dir="runs/demo", config: DemoConfig = DemoConfig(), show_progre
     seconds["total"] = sum(seconds.values())  # cached stages count with the time they took when they ran
     report["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     report["seconds"]["this_invocation"] = round(time.time() - t_start, 1)
+    report["machine"] = machine(config.device)
     save_json(out / "report.json", report)
     return report
 
@@ -294,6 +296,7 @@ def evaluate_saved_run(run_dir) -> dict:
     report = evaluate_run(out, config, data, tokenizer, sft, policy, rm, pretrained)
     previous = out / "report.json"
     if previous.is_file():
-        report["seconds"] = load_json(previous).get("seconds", {})
+        report["seconds"] = load_json(previous).get("seconds", {})  # the training's, printed as such
+    report["machine"] = machine(config.device)
     save_json(previous, report)
     return report
