@@ -4,6 +4,7 @@
 them with their docstrings); an unknown key is an error listing the valid ones. Bad input ends with one
 line on stderr (`file:line: what is wrong`) and exit status 2, before anything is overwritten: a
 missing or malformed flag too (argparse's usage block is left to --help), and warnings are one line each.
+A run that diverges (a NaN or inf loss, reward or gradient) ends with one line too, and exit status 3.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import sys
 import warnings
 
 from .config import apply_overrides, config_help
-from .errors import InputError
+from .errors import InputError, TrainingDiverged
 
 INPUT_FLAGS = ("text", "tokenizer", "data", "prompts", "init", "reward")  # paths a training command reads
 
@@ -35,6 +36,7 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def _training_parser(sub, name: str, help: str, config_cls, length_flag: str = "steps"):
+    from .run import FREE_ON_RESUME
     p = sub.add_parser(name, help=help, description=help, epilog=config_help(config_cls),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output directory (a self-contained model directory)")
@@ -42,19 +44,32 @@ def _training_parser(sub, name: str, help: str, config_cls, length_flag: str = "
     p.add_argument("--device", help="cpu (default) or cuda (bf16 autocast)")
     p.add_argument(f"--{length_flag}", type=int, dest=length_flag, help=f"number of {length_flag}")
     p.add_argument("--save-every", type=int, dest="save_every", help="checkpoint every N (for --resume)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint, with the run's recorded settings "
+                        "(train_config.json): a setting not given here keeps the run's value, one given must "
+                        f"equal it (see --allow-changed); --{length_flag} may grow")
+    p.add_argument("--allow-changed", dest="allow_changed", metavar="KEY,KEY",
+                   help="with --resume: the settings that may differ from the run's (e.g. lr,batch_size); each "
+                        "change is recorded in train_config.json's resumes. Never needed for "
+                        f"{', '.join(FREE_ON_RESUME)}, nor for a longer --{length_flag}")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(config_cls=config_cls, length_flag=length_flag)
     return p
 
 
-def _config_from_args(args, overrides, config=None):
-    """Config dataclass defaults (or a recipe's preset, `config`) <- --key=value overrides <- the named flags
-    (--seed, --device, and a trainer's --save-every and --steps/--iterations)."""
-    config = apply_overrides(args.config_cls() if config is None else config, overrides)
-    flags = ("seed", "device", "save_every", getattr(args, "length_flag", None))
-    named = {k: getattr(args, k) for k in flags if k and getattr(args, k, None) is not None}
-    return apply_overrides(config, [f"--{k}={v}" for k, v in named.items()])
+def _config_from_args(args, overrides, config=None, flags=()):
+    """Config dataclass defaults (or a recipe's preset, `config`; or, with --resume, the run's recorded settings)
+    <- --key=value overrides <- the named flags (--seed, --device, and a trainer's --save-every and
+    --steps/--iterations, and `flags`)."""
+    flags = ("seed", "device", "save_every", getattr(args, "length_flag", None), *flags)
+    named = [f"--{k}={getattr(args, k)}" for k in flags if k and getattr(args, k, None) is not None]
+    if getattr(args, "resume", False):
+        from .run import resume_config
+        return resume_config(args.out, getattr(args, "algo", args.command), args.config_cls, overrides + named,
+                             args.allow_changed, args.length_flag)
+    if getattr(args, "allow_changed", None):
+        raise InputError("--allow-changed only applies with --resume (a new run takes any settings)")
+    return apply_overrides(args.config_cls() if config is None else config, overrides + named)
 
 
 def cmd_pretrain(args, overrides):
@@ -125,9 +140,7 @@ def cmd_reward(args, overrides):
     from .data import load_preferences
     from .reward import train_reward_model
     from .tokenizer import Tokenizer
-    config = _config_from_args(args, overrides)
-    if args.loss is not None:
-        config = apply_overrides(config, [f"--loss={args.loss}"])
+    config = _config_from_args(args, overrides, flags=("loss",))
     examples = load_preferences(args.data)
     tokenizer = Tokenizer.from_file(Path(args.init) / "tokenizer.json")
     train_reward_model(examples, args.init, args.out, config, tokenizer, resume=args.resume, overwrite=args.overwrite)
@@ -306,11 +319,11 @@ def main(argv=None) -> int:
             _check_inputs_outside_out(args)
             args.fn(args, rest)
             barrier()  # torchrun: no rank tears the process group down while another still writes or talks
-        except InputError as e:
+        except (InputError, TrainingDiverged) as e:
             from .tracking import close_progress_bars
-            close_progress_bars()  # a run stopped mid-way (TrainingDiverged): its bar's line ends first
+            close_progress_bars()  # a run stopped mid-way: its bar's line ends first
             print(str(e), file=sys.stderr)
-            return 2
+            return 3 if isinstance(e, TrainingDiverged) else 2
         except KeyboardInterrupt:
             print(f"minirlhf {args.command}: interrupted", file=sys.stderr)
             return 130

@@ -51,6 +51,18 @@ def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def _keep_hyperparameters(meta: dict, optimizer) -> dict:
+    """The checkpoint's param groups with the hyperparameters (lr, weight decay, betas, eps) of `optimizer`,
+    which the trainer built from the config: the moments come back, and a setting changed on resume
+    (--allow-changed=lr) takes effect even under a constant schedule. With unchanged settings nothing differs: a
+    schedule sets the lr before every step anyway."""
+    groups, current = meta["param_groups"], optimizer.state_dict()["param_groups"]
+    if len(groups) != len(current):
+        return meta  # load_state_dict says what does not match
+    return {"param_groups": [{**old, **{k: v for k, v in new.items() if k != "params"}}
+                             for old, new in zip(groups, current)]}
+
+
 def _untie(state: dict) -> dict:
     """Drop GPT-2's tied `lm_head.weight` (safetensors refuses two names for one tensor)."""
     return {k: v for k, v in state.items() if not k.endswith("lm_head.weight")}
@@ -178,7 +190,7 @@ def load_checkpoint(path, modules: dict, optimizer, generators: dict) -> tuple[i
             tensors = _retie(load_tensors(path / f"{name}.safetensors"), module.state_dict())
             load_into(module, tensors, path / f"{name}.safetensors")
         optimizer.load_state_dict(_unflatten_optimizer(load_tensors(path / "optimizer.safetensors"),
-                                                       state["optimizer"]))
+                                                       _keep_hyperparameters(state["optimizer"], optimizer)))
         prefix = f"rank{rank}."
         rng = {k[len(prefix):]: v for k, v in load_tensors(path / "rng.safetensors").items() if k.startswith(prefix)}
         set_rng_state(rng, generators, state.get("python_rng_version", 3))

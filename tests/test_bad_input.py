@@ -114,7 +114,7 @@ def build_world(w: Path) -> dict:
         "resume damaged checkpoint": (["pretrain", "--text", w / "texts.txt", "--out", damaged, "--resume",
                                        "--steps", 4], "model.safetensors", None),
         "resume other model size": (["pretrain", "--text", w / "texts.txt", "--out", run, "--resume", "--steps", 4,
-                                     "--n_embd=32"], "does not match the model", None),
+                                     "--n_embd=32", "--allow-changed=n_embd"], "does not match the model", None),
         "ranking lengths differ": (rew("j", "--data", rk, "--init", sft), "3 responses but 2 scores", f"{rk}:2:"),
         "pairs invalid json": (rew("k", "--data", pj, "--init", sft), "invalid JSON", f"{pj}:2:"),
         "config.json garbage": (rew("l", "--data", pairs, "--init", w / "garbage_config"), "not valid JSON", None),
