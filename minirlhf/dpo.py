@@ -101,8 +101,8 @@ def encode_pairs(pairs: list[Pair], tokenizer, max_len: int) -> list[PairExample
     for p in pairs:
         if not isinstance(p, Pair):
             raise InputError(f"DPO trains on pairs {{prompt, chosen, rejected}}, got a {type(p).__name__}")
-    joined = encode_prompt_responses(tokenizer, [p.prompt for p in pairs], [[p.chosen, p.rejected] for p in pairs],
-                                     max_len)
+    joined, _ = encode_prompt_responses(tokenizer, [p.prompt for p in pairs],
+                                        [[p.chosen, p.rejected] for p in pairs], max_len)
     return [PairExample(c, r) for c, r in joined]
 
 

@@ -1,4 +1,6 @@
 """Prompt ⊕ response sequences and their log-probabilities: the pieces DPO, RRHF and SFT on demonstrations share.
+Reward training encodes its pairs and rankings here too (encode_prompt_responses), so a reward model learns on the
+very ids a rollout will show it.
 
     prompt, responses ──[bos] + encode(prompt) ⊕ encode(response) + [eos], cut to max_len──▶ Joined(ids, P)
         ──right-pad──▶ ResponseBatch(input_ids, attention_mask, response_mask)
@@ -7,11 +9,11 @@
 
 Pitfalls of training on fixed responses, each handled here once (and tested in tests/test_responses.py):
   * Tokens merging at the prompt/response boundary. Prompt and response are encoded separately
-    (Tokenizer.encode_prompts, Tokenizer.encode_responses) and then joined, so the response starts at a token
-    boundary and the response mask covers exactly its tokens. Encoding prompt + response as one text lets a
-    byte-level BPE merge the prompt's last characters with the response's first into one token; a split
-    "at len(prompt_ids)" would then fall inside a token, scoring part of the prompt or missing part of the
-    response.
+    (Tokenizer.encode_prompts, Tokenizer.encode_responses) and then joined, as a rollout joins a prompt's ids
+    and the sampled ids, so the response starts at a token boundary and the response mask covers exactly its
+    tokens. Encoding prompt + response as one text lets a byte-level BPE merge the prompt's last characters
+    with the response's first into one token; a split "at len(prompt_ids)" would then fall inside a token,
+    scoring part of the prompt or missing part of the response.
   * Truncation that drops the response. An example longer than max_len loses the START of its prompt first
     (the end is what the response continues); only when a response alone does not fit after one prompt token
     does that response lose its END (it then has no EOS). The prompt is cut once per example, to fit its
@@ -67,10 +69,25 @@ def join(prompt_ids: list[int], responses_ids: list[list[int]], max_len: int) ->
     return joined, len(prompt) < len(prompt_ids), sum(len(r) > room for r in responses_ids)
 
 
+class Cuts(NamedTuple):
+    """What encode_prompt_responses cut to fit max_len: prompts that lost their start, responses their end."""
+    prompts: int
+    responses: int
+
+
 def encode_prompt_responses(tokenizer: Tokenizer, prompts: list[str], responses: list[list[str]],
-                            max_len: int) -> list[list[Joined]]:
-    """For each prompt and its list of responses: [bos] + encode(prompt) ⊕ encode(response) + [eos], joined
-    and cut as `join` says. One warning counts what was cut."""
+                            max_len: int) -> tuple[list[list[Joined]], Cuts]:
+    """THE encoding of prompt ⊕ response: how reward training, DPO, RRHF and SFT read (prompt, response) text,
+    and how a rollout presents it to the reward model -> (for each prompt, its Joined sequences; Cuts).
+
+    Rule: [bos] + encode(prompt), then encode(response) + [eos], each encoded on its own (Tokenizer.encode_prompts,
+    Tokenizer.encode_responses) and concatenated, exactly what a rollout holds: the prompt ids it sampled from,
+    then the sampled ids (EOS included when sampled). Encoding prompt + response as one text would let a BPE
+    merge across the boundary ("the mov" + "ie" -> "movie"), ids no rollout ever shows the reward model.
+    Too long for max_len: `join`, i.e. the prompt keeps its END and the response its START, as a rollout keeps a
+    prompt's last block_size − max_new_tokens tokens and stops a response at its budget (a response cut here
+    has no EOS, like a sample that hit max_new_tokens). One warning counts what was cut.
+    """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} lists of responses")
     prompt_ids = tokenizer.encode_prompts(prompts)
@@ -85,7 +102,7 @@ def encode_prompt_responses(tokenizer: Tokenizer, prompts: list[str], responses:
     if prompts_cut or responses_cut:
         warnings.warn(f"longer than max_len={max_len} tokens: {prompts_cut} of {len(prompts)} prompts were cut at "
                       f"their start, {responses_cut} of {len(flat)} responses at their end (no EOS)")
-    return out
+    return out, Cuts(prompts_cut, responses_cut)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Reward-model training: one scalar r(x, y) per prompt ⊕ response, learned from human comparisons.
 
-    pairs / rankings ──[bos] prompt⊕response [eos]──▶ RewardModel (GPT-2 trunk, scalar head at the EOS)
+    pairs / rankings ──[bos] prompt ⊕ response [eos]──▶ RewardModel (GPT-2 trunk, scalar head at the EOS)
         ──K scores per prompt──▶ pairwise / ranking / Plackett-Luce / best-of-K loss
         ──after training──▶ gain, bias so that scores of the initial policy's samples are N(0, 1)
 
@@ -15,10 +15,12 @@ shuffling the pairs apart (which also re-fits each response K-1 times an epoch a
 Σ K sequences of a minibatch go through the model together, left-padded, with an attention mask.
 
 Choices and simplifications, said out loud:
-  * A sequence is [bos] + encode(prompt + response) + [eos]; the score is read at the last real token
-    (the EOS). A sequence longer than max_len is cut keeping its start (the prompt and the beginning
-    of the response), so it ends without EOS, like a policy sample that hit its length limit. Cuts
-    are counted and warned about.
+  * A sequence is [bos] + encode(prompt) ⊕ encode(response) + [eos], prompt and response encoded apart
+    (responses.encode_prompt_responses, also DPO's, RRHF's and SFT's): the very ids a rollout shows the
+    reward model, its prompt's ids then the sampled ones. The score is read at the last real token (the
+    EOS). An example longer than max_len loses its prompt's START first, as a rollout's prompt does; a
+    response that still does not fit loses its end, and so its EOS, like a sample that hit its length
+    limit. Cuts are counted and warned about.
   * Rankings {query, responses, scores}: highest score = rank 0; tied scores share a rank, and tied
     pairs are skipped by the ranking loss and by the accuracies. A pair is a ranking with K = 2.
   * loss "auto" is pairwise for pairs and ranking for rankings; best_of_k's best is rank 0 (the first
@@ -59,6 +61,7 @@ from .losses import best_of_k_loss, pairwise_loss, plackett_luce_loss, ranking_l
 from .model import RewardModel
 from .optim import clip_grad, lr_at, make_adamw, set_lr
 from .ranks import scores_to_ranks
+from .responses import Cuts, encode_prompt_responses
 from .reward_eval import fit_reward_normalization, normalization_set, score_sequences, summarize
 from .runtime import (average_gradients, init_distributed, is_main_process, mean_across_ranks,
                       resolve_device, seed_everything, sync_params)
@@ -95,7 +98,8 @@ class RewardConfig(TrainConfig):
     seed: int = 0
     """Seed for the head's initialisation, the split, data order and the normalisation samples."""
     max_len: int = 0
-    """Longest sequence in tokens, [bos] and [eos] included; longer ones keep their start. 0: block_size."""
+    """Longest sequence in tokens, [bos] and [eos] included; longer ones lose the prompt's start first, then the
+    response's end (responses.join). 0: block_size."""
     normalize: bool = True
     """Fit gain and bias after training so that reference-set scores have mean 0 and std 1."""
     norm_samples: int = 256
@@ -118,25 +122,23 @@ class Example:
     ranks: list[int]
 
 
-def encode_examples(examples: list, tokenizer: Tokenizer, max_len: int) -> tuple[list[Example], int]:
-    """Pairs/Rankings -> Examples of [bos] + encode(prompt + response) + [eos] cut to max_len; also # cut."""
-    prompts, texts, ranks = [], [], []
+def encode_examples(examples: list, tokenizer: Tokenizer, max_len: int) -> tuple[list[Example], Cuts]:
+    """Pairs/Rankings -> (Examples, what was cut): each response joined to its prompt by
+    responses.encode_prompt_responses, the encoding a rollout presents to the reward model."""
+    prompts, responses, ranks = [], [], []
     for ex in examples:
         if isinstance(ex, Pair):
             prompts.append(ex.prompt)
-            texts.append([ex.prompt + ex.chosen, ex.prompt + ex.rejected])
+            responses.append([ex.chosen, ex.rejected])
             ranks.append([0, 1])
         elif isinstance(ex, Ranking):
             prompts.append(ex.query)
-            texts.append([ex.query + r for r in ex.responses])
+            responses.append(ex.responses)
             ranks.append(scores_to_ranks(ex.scores))
         else:
             raise TypeError(f"expected Pair or Ranking, got {type(ex).__name__}")
-    seqs = tokenizer.encode_texts([t for ts in texts for t in ts])
-    n_cut = sum(len(s) > max_len for s in seqs)
-    seqs = iter([s[:max_len] for s in seqs])
-    out = [Example(p, [next(seqs) for _ in ts], r) for p, ts, r in zip(prompts, texts, ranks)]
-    return out, n_cut
+    joined, cuts = encode_prompt_responses(tokenizer, prompts, responses, max_len)
+    return [Example(p, [j.ids for j in js], r) for p, js, r in zip(prompts, joined, ranks)], cuts
 
 
 def resolve_loss(name: str, examples: list[Example]) -> str:
@@ -240,25 +242,19 @@ def train_reward_model(examples: list, init_dir, out_dir, config: RewardConfig, 
     device = resolve_device(config.device)
     rank, world = init_distributed(device)                       # torchrun: see runtime.py
     seed_everything(config.seed)                                 # the fresh head's N(0, 1/sqrt(d+1)) init
-    model = RewardModel.from_pretrained(init_dir, init_head=True)
-    sync_params(model)
+    model = RewardModel.from_pretrained(init_dir, init_head=True).to(device)
+    sync_params(model)                                           # on the device: nccl moves only CUDA tensors
     tokenizer.check_model(model.config, init_dir)
     block = model.config.block_size
     max_len = config.max_len or block
     if not 2 <= max_len <= block:
         raise InputError(f"--max_len={config.max_len} must be in [2, block_size={block}]")
-    train_raw, val_raw = train_val_split(examples, config.val_fraction, config.seed)
-    train_ex, cut = encode_examples(train_raw, tokenizer, max_len)
-    val_ex, val_cut = encode_examples(val_raw, tokenizer, max_len)
-    n_seqs = sum(len(e.seqs) for e in train_ex + val_ex)
-    if cut + val_cut:
-        warnings.warn(f"{cut + val_cut} of {n_seqs} sequences are longer than max_len={max_len} tokens "
-                      f"and were cut (keeping their start, so they end without EOS)")
+    encoded, _ = encode_examples(examples, tokenizer, max_len)  # one warning if anything was cut
+    train_ex, val_ex = train_val_split(encoded, config.val_fraction, config.seed)
     loss_name = resolve_loss(config.loss, train_ex + val_ex)
     if loss_name == "sigmoid_rank":
         warnings.warn(SIGMOID_RANK_WARNING)
 
-    model.to(device)
     optimizer = make_adamw(model, config.lr, config.weight_decay)
     run = Run(out, "reward", config.steps, resume, overwrite, inputs=(init_dir,), save_every=config.save_every,
               show_progress=show_progress)

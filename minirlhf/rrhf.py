@@ -124,8 +124,8 @@ class RRHF(Objective):
         self.config = config
 
     def encode(self, examples, tokenizer, max_len):
-        joined = encode_prompt_responses(tokenizer, [r.query for r in examples], [r.responses for r in examples],
-                                         max_len)
+        joined, _ = encode_prompt_responses(tokenizer, [r.query for r in examples],
+                                            [r.responses for r in examples], max_len)
         return [RankExample(seqs, r.scores) for seqs, r in zip(joined, examples)]
 
     def loss(self, model, batch, pad_id):

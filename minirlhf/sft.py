@@ -206,8 +206,8 @@ class SFT(Objective):
         for d in examples:
             if not isinstance(d, Demonstration):
                 raise InputError(f"SFT trains on demonstrations {{prompt, response}}, got a {type(d).__name__}")
-        joined = encode_prompt_responses(tokenizer, [d.prompt for d in examples], [[d.response] for d in examples],
-                                         max_len)
+        joined, _ = encode_prompt_responses(tokenizer, [d.prompt for d in examples],
+                                            [[d.response] for d in examples], max_len)
         return [j for (j,) in joined]
 
     def loss(self, model, batch, pad_id):

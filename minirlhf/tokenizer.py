@@ -103,8 +103,10 @@ class Tokenizer:
     def encode_texts(self, texts: list[str], max_len: int | None = None) -> list[list[int]]:
         """Each text -> [bos] + encode(text) + [eos], cut to its first `max_len` tokens.
 
-        What pretraining, reward models and DPO/RRHF train on. A cut text keeps its start and so ends
-        without EOS, like a policy sample that hit its length limit.
+        What pretraining trains on: a whole text, no prompt. (A prompt with responses, as reward models, DPO,
+        RRHF and SFT read them, is encode_prompts ⊕ encode_responses: responses.encode_prompt_responses. A
+        whole text is the response to the empty prompt, and both give it the same ids, cut or not.) A cut text
+        keeps its start and so ends without EOS, like a policy sample that hit its length limit.
         """
         seqs = [[self.bos_id] + ids + [self.eos_id] for ids in self.encode_batch(texts)]
         return seqs if max_len is None else [s[:max_len] for s in seqs]

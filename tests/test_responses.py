@@ -73,7 +73,8 @@ def test_a_bpe_boundary_that_would_merge_is_split_where_the_response_starts():
     p, r = tok.encode(prompt), tok.encode(response)
     assert whole != p + r                                    # the tokenizer does merge across this boundary
     assert whole[:len(p)] != p or whole[len(p):] != r        # so splitting the joint encoding at len(p) is wrong
-    [[seq]] = encode_prompt_responses(tok, [prompt], [[response]], 64)
+    [[seq]], cuts = encode_prompt_responses(tok, [prompt], [[response]], 64)
+    assert cuts == (0, 0)
     assert seq.ids == [tok.bos_id] + p + r + [tok.eos_id] and seq.prompt_len == 1 + len(p)
     batch = collate_responses([seq], tok.pad_id)
     scored = batch.input_ids[0, 1:][batch.response_mask[0].bool()].tolist()
@@ -96,7 +97,8 @@ def test_encode_warns_once_with_what_was_cut():
     tok = Tokenizer.train(["abcd q:?"], 300)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        out = encode_prompt_responses(tok, ["q:aaaaaaaa", "q:"], [["bb", "ccccccccccc"], ["d"]], 10)
+        out, cuts = encode_prompt_responses(tok, ["q:aaaaaaaa", "q:"], [["bb", "ccccccccccc"], ["d"]], 10)
     assert len(w) == 1 and "1 of 2 prompts" in str(w[0].message) and "1 of 3 responses" in str(w[0].message)
+    assert cuts.prompts == 1 and cuts.responses == 1
     assert [len(s.ids) for s in out[0]] == [4, 10] and out[0][0].ids[-1] == tok.eos_id
     assert out[1][0].ids == [tok.bos_id] + tok.encode("q:") + tok.encode("d") + [tok.eos_id]

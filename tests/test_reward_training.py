@@ -255,3 +255,44 @@ def test_sigmoid_rank_is_the_plain_sigmoid_over_every_untied_pair():
     sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
     got = reward_loss("sigmoid_rank", torch.tensor([[3.0, 1.0, 2.0]]), torch.tensor([[0, 2, 1]])).item()
     assert got == pytest.approx(-(sig(2) + 2 * sig(1)) / 3, abs=1e-6)
+
+
+# ---------------------------------------------------------------- torchrun: sync_params sees the model on its device
+
+class Synced(Exception):
+    """Raised by the sync_params spy: the test has seen what it came for."""
+
+
+def _trainers(init_dir, tok, out):
+    """(module whose resolve_device and sync_params a trainer calls, the call) for each trainer we own."""
+    from minirlhf.data import Demonstration
+    from minirlhf.sft import PretrainConfig, SFTConfig, pretrain, train_sft
+    return {
+        "reward": ("minirlhf.reward", lambda: train_reward_model(count_pairs(8, seed=20), init_dir, out,
+                                                               RewardConfig(**FAST), tok, show_progress=False)),
+        "pretrain": ("minirlhf.sft", lambda: pretrain(["abcd q:"] * 8, out, PretrainConfig(
+            n_layer=1, n_head=2, n_embd=16, block_size=16, steps=1), tok, show_progress=False)),
+        "offline": ("minirlhf.offline", lambda: train_sft([Demonstration("q:", "ab")] * 4, init_dir, out,
+                                                         SFTConfig(steps=1), show_progress=False)),
+    }
+
+
+@pytest.mark.parametrize("trainer", ["reward", "pretrain", "offline"])
+def test_sync_params_gets_the_model_already_on_its_device(init_dir, tok, tmp_path, monkeypatch, trainer):
+    """Under torchrun with --device cuda, nccl broadcasts CUDA tensors only: each trainer moves its model to the
+    device BEFORE sync_params. The device "meta" stands in for CUDA on a CPU machine (a model still on the CPU
+    shows "cpu" parameters); the spy stops the run at the broadcast."""
+    import importlib
+    name, run = _trainers(init_dir, tok, tmp_path / "out")[trainer]
+    module = importlib.import_module(name)
+    seen = []
+
+    def spy(model):
+        seen.append({p.device.type for p in model.parameters()})
+        raise Synced
+
+    monkeypatch.setattr(module, "resolve_device", lambda _: torch.device("meta"))
+    monkeypatch.setattr(module, "sync_params", spy)
+    with pytest.raises(Synced):
+        run()
+    assert seen == [{"meta"}]

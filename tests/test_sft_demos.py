@@ -20,7 +20,7 @@ DEMOS = [Demonstration("q:dddd", "ab"), Demonstration("q:", "abab"), Demonstrati
 
 
 def batch_of(tok, demos):
-    joined = encode_prompt_responses(tok, [d.prompt for d in demos], [[d.response] for d in demos], 32)
+    joined, _ = encode_prompt_responses(tok, [d.prompt for d in demos], [[d.response] for d in demos], 32)
     return collate_responses([j for (j,) in joined], tok.pad_id)
 
 
