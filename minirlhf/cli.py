@@ -1,9 +1,10 @@
 """The `minirlhf` command line. Every stage is `minirlhf <stage> --flags [--key=value ...]`.
 
 `--key=value` pairs override fields of the stage's config dataclass (`minirlhf <stage> --help` lists
-them with their docstrings); an unknown key is an error listing the valid ones. Bad input ends with one
-line on stderr (`file:line: what is wrong`) and exit status 2, before anything is overwritten: a
-missing or malformed flag too (argparse's usage block is left to --help), and warnings are one line each.
+them with their docstrings; `--key value` is read as `--key=value`); an unknown key is an error naming the
+valid ones and the nearest, by full dotted name. Bad input ends with one line on stderr (`file:line: what is
+wrong`) and exit status 2, before anything is overwritten: a missing or malformed flag too (argparse's usage
+block is left to --help), and warnings are one line each.
 A run that diverges (a NaN or inf loss, reward or gradient) ends with one line too, and exit status 3.
 """
 from __future__ import annotations
@@ -61,6 +62,7 @@ def _config_from_args(args, overrides, config=None, flags=()):
     """Config dataclass defaults (or a recipe's preset, `config`; or, with --resume, the run's recorded settings)
     <- --key=value overrides <- the named flags (--seed, --device, and a trainer's --save-every and
     --steps/--iterations, and `flags`)."""
+    overrides = _joined(overrides, getattr(args, "argv", []))
     flags = ("seed", "device", "save_every", getattr(args, "length_flag", None), *flags)
     named = [f"--{k}={getattr(args, k)}" for k in flags if k and getattr(args, k, None) is not None]
     if getattr(args, "resume", False):
@@ -70,6 +72,23 @@ def _config_from_args(args, overrides, config=None, flags=()):
     if getattr(args, "allow_changed", None):
         raise InputError("--allow-changed only applies with --resume (a new run takes any settings)")
     return apply_overrides(args.config_cls() if config is None else config, overrides + named)
+
+
+def _joined(overrides: list[str], argv: list[str]) -> list[str]:
+    """`--key value` -> `--key=value`, for the config keys argparse left over (every named flag, and its value, is
+    taken first): when `value` does not start with `--` and came right after `--key` on the command line, so
+    `--kl_coef --resume 0.1` (a stray 0.1 after a named flag) stays an error."""
+    pairs, out, i = set(zip(argv, argv[1:])), [], 0
+    while i < len(overrides):
+        item, value = overrides[i], overrides[i + 1] if i + 1 < len(overrides) else None
+        if (item.startswith("--") and "=" not in item and value is not None and not value.startswith("--")
+                and (item, value) in pairs):
+            out.append(f"{item}={value}")
+            i += 2
+        else:
+            out.append(item)
+            i += 1
+    return out
 
 
 def cmd_pretrain(args, overrides):
@@ -105,13 +124,15 @@ def cmd_sample(args, overrides):
         warnings.warn(f"{args.model} is a reward model: sampling its trunk, which was trained to score text, "
                       f"not to write it")
     # the response gets what the prompt leaves of the context; a prompt that fills it keeps its end (one warning)
-    prompt, max_new_tokens = fit_to_context(tokenizer.encode_prompt(args.prompt), args.max_new_tokens,
-                                            model.config.block_size)
+    whole = tokenizer.encode_prompt(args.prompt)
+    prompt, max_new_tokens = fit_to_context(whole, args.max_new_tokens, model.config.block_size)
+    # what the model read: a cut prompt is printed as its kept end, after "…"
+    shown = args.prompt if len(prompt) == len(whole) else "…" + tokenizer.decode(prompt)
     out = generate(model, [prompt] * args.n, max_new_tokens, temperature=args.temperature,
                    top_k=args.top_k, top_p=args.top_p, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
                    generator=torch.Generator().manual_seed(args.seed), compile_step=args.compile)
     for text in tokenizer.decode_batch(out.responses.tolist()):
-        print(args.prompt + text)
+        print(shown + text)
 
 
 def cmd_ppo(args, overrides):
@@ -169,11 +190,25 @@ def cmd_recipe(args, overrides):
 
 
 def cmd_evaluate(args, overrides):
-    from .recipes.demo_report import print_report
-    from .recipes.sentiment_zh import evaluate_saved_run
+    """A demo directory: its own before/after evaluation (report.json). A trainer's policy run: evaluate_run."""
+    from pathlib import Path
     if overrides:
         raise InputError(f"evaluate takes no --key=value overrides, got {overrides[0]!r}")
-    print_report(evaluate_saved_run(args.run), args.run)
+    given = [f"--{k.replace('_', '-')}" for k in EVALUATE_FLAGS if getattr(args, k) is not None]
+    if (Path(args.run) / "demo.json").is_file():
+        from .recipes.demo_report import print_report
+        from .recipes.sentiment_zh import evaluate_saved_run
+        if given:
+            raise InputError(f"{', '.join(given)}: for a trainer's run (e.g. {Path(args.run) / 'policy'}), not a demo "
+                             f"run, which is evaluated on its own prompts, models and settings")
+        print_report(evaluate_saved_run(args.run), args.run)
+        return
+    from .evaluate_run import evaluate_policy_run, print_evaluation
+    print_evaluation(evaluate_policy_run(args.run, args.prompts, args.ref, args.reward, args.n or 8,
+                                         args.max_new_tokens, args.temperature, args.seed or 0, args.device or "cpu"))
+
+
+EVALUATE_FLAGS = ("prompts", "ref", "reward", "n", "max_new_tokens", "temperature", "seed", "device")
 
 
 def cmd_plot(args, overrides):
@@ -186,7 +221,9 @@ def cmd_plot(args, overrides):
 
 def build_parser() -> argparse.ArgumentParser:
     from .sft import PretrainConfig
+    from . import __version__
     parser = _Parser(prog="minirlhf", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"minirlhf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = _training_parser(sub, "pretrain", "train a tokenizer and a GPT-2 on text (the reference policy)",
@@ -283,8 +320,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int)
         p.set_defaults(fn=cmd_recipe, preset=config_cls, quick_preset=quick, run_recipe=run, print_report=report)
 
-    p = sub.add_parser("evaluate", help="re-evaluate a demo run directory's policy against its reference")
-    p.add_argument("--run", required=True, help="a directory written by minirlhf demo")
+    help = ("evaluate a policy run against its reference: reward, KL, distinct-n and samples (a demo directory: "
+            "its own before/after report)")
+    p = sub.add_parser("evaluate", help=help, description=help)
+    p.add_argument("--run", required=True, help="a directory written by minirlhf demo, or by a policy trainer "
+                                                "(ppo, grpo, dpo, rrhf, sft); the latter gets DIR/evaluation.json")
+    p.add_argument("--prompts", help='a trainer\'s run: the prompts, a .jsonl file of {"prompt": ...} lines')
+    p.add_argument("--ref", help="a trainer's run: the reference policy directory (the run's --init)")
+    p.add_argument("--reward", help="a trainer's run: the reward model directory")
+    p.add_argument("--n", type=int, help="a trainer's run: samples per prompt (default 8)")
+    p.add_argument("--max-new-tokens", type=int, dest="max_new_tokens",
+                   help="a trainer's run: response length cap (default: the run's max_new_tokens, else 24 or half "
+                        "the context)")
+    p.add_argument("--temperature", type=float, help="a trainer's run: sampling temperature (default: the run's, "
+                                                     "else 1.0)")
+    p.add_argument("--seed", type=int, help="a trainer's run: seed of the draws (default 0)")
+    p.add_argument("--device", help="a trainer's run: cpu (default) or cuda")
     p.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser("plot", help="plot a run's metrics.jsonl into its plots/ folder (the figures and file "
@@ -310,7 +361,9 @@ def _check_inputs_outside_out(args):
 def main(argv=None) -> int:
     from .runtime import barrier, is_main_process, shutdown_distributed
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args, rest = parser.parse_known_args(argv)
+    args.argv = argv  # _joined reads `--key value` pairs off it
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warning  # restored by catch_warnings on the way out
         if not is_main_process():

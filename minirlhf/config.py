@@ -59,50 +59,76 @@ def apply_overrides(config, overrides: list[str]):
 
     A field that is itself a config dataclass (the demo's stages) is reached with a dotted key:
     `--ppo.kl_coef=0.2`. Fields a config names in `shared_fields` (the demo's seed and device) are set once
-    at the top, never inside a stage.
+    at the top, never inside a stage. An unknown key is an error that names the keys by their full dotted
+    name, and the nearest one: `--ppo.kl_coeff` -> did you mean ppo.kl_coef?
     """
     for item in overrides:
-        if not item.startswith("--") or "=" not in item:
+        if not item.startswith("--") or item == "--":
             raise InputError(f"unrecognised argument {item!r}: config overrides are written --key=value")
-        key, value = item[2:].split("=", 1)
+        key, value = item[2:].split("=", 1) if "=" in item else (item[2:], None)
         config = _apply(config, key.replace("-", "_").split("."), value, key)
     return config
 
 
-def _apply(config, path: list[str], value: str, full_key: str):
+def _apply(config, path: list[str], value: str | None, full_key: str, prefix: str = "", parent=None):
+    """Set the field at `path` inside `config`, itself reached by the dotted `prefix` ("" or "ppo.") from a
+    `parent` config class (None at the top); value None: the key came without `=value`."""
     hints = typing.get_type_hints(type(config))
     name = path[0]
     if name not in hints or name not in {f.name for f in dataclasses.fields(config)}:
-        raise InputError(f"unknown config key {full_key!r}{_suggest(config, name)}; valid keys: "
-                         f"{', '.join(_keys(config))}")
+        raise InputError(f"unknown config key {full_key!r}{_suggest(config, path, prefix, parent)}; valid keys: "
+                         f"{', '.join(_keys(config, prefix, parent))}")
     child = getattr(config, name)
     if dataclasses.is_dataclass(child):
         if len(path) == 1:
-            raise InputError(f"--{full_key} is a group of settings: set one of them, e.g. --{name}."
-                             f"{dataclasses.fields(child)[0].name}=...")
+            raise InputError(f"--{full_key} is a group of settings: set one of them, e.g. --{prefix}{name}."
+                             f"{_settable(child, type(config))[0]}=...")
         if path[1] in getattr(type(config), "shared_fields", ()):
             raise InputError(f"--{full_key}: every stage uses the top-level --{path[1]}; set that instead")
-        return dataclasses.replace(config, **{name: _apply(child, path[1:], value, full_key)})
+        child = _apply(child, path[1:], value, full_key, f"{prefix}{name}.", type(config))
+        return dataclasses.replace(config, **{name: child})
     if len(path) > 1:
-        raise InputError(f"unknown config key {full_key!r}; {name} has no sub-settings")
+        raise InputError(f"unknown config key {full_key!r}; {prefix}{name} has no sub-settings")
+    if value is None:
+        raise InputError(f"--{full_key} needs a value: config overrides are written --{full_key}=VALUE")
     return dataclasses.replace(config, **{name: _parse_value(value, hints[name], full_key)})
 
 
-def _keys(config) -> list[str]:
-    """Valid keys, a nested group shown as `group.<key>`."""
-    return [f"{f.name}.<key>" if dataclasses.is_dataclass(getattr(config, f.name)) else f.name
-            for f in dataclasses.fields(config)]
+def _settable(config, parent=None) -> list[str]:
+    """The fields of `config` an override may set: all but those its parent config shares with every stage."""
+    shared = getattr(parent, "shared_fields", ())
+    return [f.name for f in dataclasses.fields(config) if f.name not in shared]
 
 
-def _suggest(config, name: str) -> str:
-    """' (did you mean ppo.kl_coef?)' when `name` is a field of exactly one nested group, or
-    ' (did you mean n_layer?)' when it is one typo away from a field."""
-    groups = [f.name for f in dataclasses.fields(config) if dataclasses.is_dataclass(getattr(config, f.name))
-              and name in {g.name for g in dataclasses.fields(getattr(config, f.name))}]
-    if len(groups) == 1:
-        return f" (did you mean {groups[0]}.{name}?)"
-    close = difflib.get_close_matches(name, [f.name for f in dataclasses.fields(config)], n=1, cutoff=0.8)
-    return f" (did you mean {close[0]}?)" if close else ""
+def _keys(config, prefix: str = "", parent=None) -> list[str]:
+    """Valid keys at this level, by their full dotted name; a nested group shown as `group.<key>`."""
+    return [f"{prefix}{name}.<key>" if dataclasses.is_dataclass(getattr(config, name)) else f"{prefix}{name}"
+            for name in _settable(config, parent)]
+
+
+def _leaves(config, prefix: str = "", parent=None) -> list[str]:
+    """Every key an override may set at or below `config`, by its full dotted name (ppo.kl_coef)."""
+    out = []
+    for name in _settable(config, parent):
+        child = getattr(config, name)
+        out += (_leaves(child, f"{prefix}{name}.", type(config)) if dataclasses.is_dataclass(child)
+                else [f"{prefix}{name}"])
+    return out
+
+
+def _suggest(config, path: list[str], prefix: str = "", parent=None) -> str:
+    """' (did you mean ppo.kl_coef?)': the keys at or below this level whose last part is the last part of the
+    unknown key `path` (a key given without its group, or with a wrong one), or else is within a typo of it
+    (difflib's ratio >= 0.8); by full dotted name, those under the group the user named first."""
+    keys = _leaves(config, prefix, parent)
+    last = {k: k.rsplit(".", 1)[-1] for k in keys}
+    close = difflib.get_close_matches(path[-1], sorted(set(last.values())), n=1, cutoff=0.8)
+    hits = [k for k in keys if close and last[k] == close[0]]
+    group = [k for k in hits if f".{k}".endswith(".".join(["", *path[:-1], last[k]]))]
+    hits = group or hits
+    if not hits:
+        return ""
+    return f" (did you mean {', '.join(hits[:-1]) + ' or ' if len(hits) > 1 else ''}{hits[-1]}?)"
 
 
 def from_dict(cls, data: dict):

@@ -1,12 +1,16 @@
 """What a new user trips on at the command line (issues 12 and 15), through the real `python -m minirlhf`:
 `sample --help` shows its defaults; `sample` fits --max-new-tokens to the context with one warning, and warns
 on a reward-model directory; `reward --loss sigmoid_rank` trains with that loss and says it saturates; `plot`
-redraws a run's plots/ under the names the run gave them."""
+redraws a run's plots/ under the names the run gave them. Round 2: `--version`; a near-miss config key is
+answered with its full dotted name; `--key value` is read as `--key=value`; `sample` prints the prompt the
+model read, cut."""
 import json
 import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+
+import importlib.metadata
 
 import pytest
 
@@ -15,6 +19,7 @@ from minirlhf import Tokenizer
 
 TEXTS = ["这家店的菜很好吃，服务也不错", "电影太长了，有点无聊", "质量很好，下次还来", "快递很慢，包装也破了"]
 BLOCK = 24
+LONG = "".join(TEXTS)   # 50 characters: more than the BLOCK-token context
 
 
 def cli(*argv):
@@ -38,6 +43,13 @@ def world(tmp_path_factory):
         "reward model": ["sample", "--model", w / "reward", "--prompt", "好", "--max-new-tokens", 8],
         "sigmoid_rank": ["reward", "--data", w / "pairs.jsonl", "--init", w / "sft", "--out", w / "rm_sigmoid",
                          "--loss", "sigmoid_rank", "--steps", 4, "--val_fraction=0", "--normalize=false"],
+        "version": ["--version"],
+        "near-miss key": ["demo", "--quick", "--ppo.kl_coeff=0.1", "--out", w / "never_demo"],
+        "spaced values": ["dpo", "--data", w / "pairs.jsonl", "--init", w / "sft", "--out", w / "dpo_spaced",
+                          "--steps", 2, "--lr", "0.002", "--beta", "0.3", "--val_fraction", "0"],
+        "stray value": ["dpo", "--data", w / "pairs.jsonl", "--init", w / "sft", "--out", w / "never_dpo",
+                        "--lr", "--overwrite", "0.002"],
+        "long prompt": ["sample", "--model", w / "sft", "--prompt", LONG, "--max-new-tokens", 8, "--n", 2],
     }
     with ThreadPoolExecutor(max_workers=2) as pool:
         done = dict(zip(cases, pool.map(lambda argv: cli(*argv), cases.values())))
@@ -96,3 +108,46 @@ def test_plot_redraws_a_trainers_plots_under_the_same_names(world, tmp_path):
     drew = sorted(p.name for p in (run / "plots").glob("*.png"))   # by the trainer (Run.finish)
     assert "reward_model.png" in drew and sorted(p.name for p in (tmp_path / "plots").glob("*.png")) == drew
     assert sorted(r.stdout.split()) == sorted(str(tmp_path / "plots" / n) for n in drew)
+
+
+def test_version_prints_the_package_version(world):
+    r = world[1]["version"]
+    assert r.returncode == 0 and r.stdout == f"minirlhf {importlib.metadata.version('minirlhf')}\n"
+    import minirlhf
+    assert minirlhf.__version__ == importlib.metadata.version("minirlhf")
+
+
+def test_a_near_miss_key_is_answered_with_its_full_dotted_name(world):
+    w, done = world
+    r = done["near-miss key"]
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and not (w / "never_demo").exists()
+    assert r.stderr.startswith("unknown config key 'ppo.kl_coeff' (did you mean ppo.kl_coef?); valid keys: "
+                               "ppo.max_new_tokens, ppo.temperature,")
+    assert " ppo.seed," not in r.stderr   # a stage takes the demo's seed: not a key to offer
+
+
+def test_a_config_key_and_its_value_may_be_two_words(world):
+    w, done = world
+    r = done["spaced values"]
+    assert r.returncode == 0, r.stderr[-2000:]
+    recorded = json.loads((w / "dpo_spaced" / "train_config.json").read_text())
+    assert (recorded["lr"], recorded["beta"], recorded["val_fraction"], recorded["steps"]) == (0.002, 0.3, 0.0, 2)
+
+
+def test_a_value_away_from_its_key_is_not_taken_for_it(world):
+    w, done = world
+    r = done["stray value"]      # argparse takes --overwrite, leaving --lr and 0.002, which were not side by side
+    assert r.returncode == 2 and not (w / "never_dpo").exists()
+    assert r.stderr.strip() == "--lr needs a value: config overrides are written --lr=VALUE"
+
+
+def test_sample_prints_the_prompt_it_read_when_it_is_cut(world):
+    w, done = world
+    r = done["long prompt"]
+    assert r.returncode == 0, r.stderr
+    tok = Tokenizer.from_file(w / "sft" / "tokenizer.json")
+    keep = BLOCK - min(8, BLOCK // 2)       # sampling.fit_to_context keeps the prompt's end
+    read = tok.decode(tok.encode_prompt(LONG)[-keep:])
+    assert LONG.endswith(read) and len(read) < len(LONG)
+    samples = r.stdout.strip().splitlines()
+    assert len(samples) == 2 and all(s.startswith("…" + read) and LONG[:-len(read)] not in s for s in samples)
