@@ -5,7 +5,7 @@
                     every eval_every steps: the same metrics on the held-out examples (val/*)
 
 "Offline": the responses are fixed data (from people, other models, or earlier samples of the policy, see
-evaluation.make_preferences); nothing is sampled during training. Each algorithm's file (dpo.py, rrhf.py,
+responses.make_preferences); nothing is sampled during training. Each algorithm's file (dpo.py, rrhf.py,
 sft.py) holds its config (an `OfflineConfig` with its own fields) and its `Objective`: how its examples
 are encoded (responses.py) and the loss of a batch. `train_offline` is the run around any of them, on
 run.Run: load the --init policy, split train/val, loop, log, checkpoint, save.

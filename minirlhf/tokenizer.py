@@ -135,10 +135,6 @@ class Tokenizer:
         """
         return [ids + [self.eos_id] for ids in self.encode_batch(responses)]
 
-    def encode_text(self, text: str, max_len: int | None = None) -> list[int]:
-        """encode_texts for one text."""
-        return self.encode_texts([text], max_len)[0]
-
     def encode_prompt(self, prompt: str, max_len: int | None = None) -> list[int]:
         """encode_prompts for one prompt."""
         return self.encode_prompts([prompt], max_len)[0]

@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from minirlhf import exercises
 from minirlhf.advantages import compute_gae, kl_penalty, shape_rewards
 from minirlhf.exercises import EXERCISES, grade
-from minirlhf.exercises.blank import BEGIN, END, STUB, TEACHER, blank_source, main, student_script
+from minirlhf.exercises.blank import (BEGIN, END, NOTEBOOK_ONLY, TEACHER, YOUR_CODE, blank_source, main, stub,
+                                      student_notebook, student_script)
+from minirlhf.exercises.harness import show
 from minirlhf.losses import (dpo_loss, pairwise_loss, plackett_luce_loss, ppo_policy_loss, ranking_loss,
                              sigmoid_rank_loss)
 from minirlhf.ops import last_true_index, logprobs_from_logits, masked_mean, masked_whiten, shifted_logprobs
@@ -51,7 +53,7 @@ def fails(name, fn, *words):
     return message
 
 
-def stub(*args, **kwargs):
+def bare_stub(*args, **kwargs):
     raise NotImplementedError  # your code here
 
 
@@ -74,7 +76,7 @@ def test_the_reference_passes(name, capsys):
 
 @pytest.mark.parametrize("name", EXERCISES)
 def test_the_stub_fails(name):
-    fails(name, stub, "not implemented yet")
+    fails(name, bare_stub, "not implemented yet")
 
 
 # ------------------------------------------------------------------------------------------ the wrong answers
@@ -261,6 +263,42 @@ def test_every_exercise_has_a_wrong_answer_with_a_hint():
     assert {w[0] for w in WRONG if len(w) > 2} == set(EXERCISES)
 
 
+def test_a_stub_called_by_another_exercise_is_named():
+    """ppo_policy_loss calling an unsolved masked_mean: the failure says which exercise to solve first."""
+    students = {}
+    exec(blank_source(f"def masked_mean(x, mask, dim=None):\n    {BEGIN}\n    return x\n    {END}\n"), students)
+    masked_mean = students["masked_mean"]
+
+    def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, cliprange):
+        return masked_mean(-advantages * torch.exp(logprobs - old_logprobs), mask)
+
+    message = fails("ppo_policy_loss", ppo_policy_loss, "not implemented yet")
+    assert "exercise 1: masked_mean is not written yet — solve it first" in message, message
+
+
+def crashing_top_p_filter(logits, top_p):
+    order = torch.argsort(logits, descending=True)
+    return logits[order[10]]                                                   # the line the failure must show
+
+
+def test_a_crash_shows_the_students_file_line_and_code():
+    message = fails("top_p_filter", crashing_top_p_filter, "your function raised IndexError")
+    line = crashing_top_p_filter.__code__.co_firstlineno + 2
+    assert f"test_exercises.py:{line}, in crashing_top_p_filter\n      return logits[order[10]]" in message, message
+    assert "harness.py" not in message and "torch" + os.sep not in message, message
+
+
+def test_values_of_two_or_more_dimensions_print_with_their_shape_row_by_row():
+    assert show(torch.tensor([[1.0, 2.0], [3.0, 40.0]])) == "shape (2, 2):\n    [0] [ 1,  2]\n    [1] [ 3, 40]"
+    assert show(torch.zeros(2, 1, 3)).splitlines() == ["shape (2, 1, 3):", "    [0, 0] [0, 0, 0]", "    [1, 0] [0, 0, 0]"]
+    assert show(torch.zeros(20, 2)).splitlines()[-1] == "    ... (12 more rows)"
+    assert show(torch.tensor([1.0, 2.5])) == "shape (2,): [1, 2.5]"                         # 1-D stays on one line
+    message = fails("compute_gae", lambda *a: gae_loop(*a, add_values=False), "returns = advantages + values")
+    rows = re.search(r"expected shape \((\d+), (\d+)\):\n((?:    \[\d+\] \[.*\]\n)+)  got      shape", message)
+    assert rows and len(rows.group(3).splitlines()) == int(rows.group(1)), message
+    assert all(len(r.split(",")) == int(rows.group(2)) for r in rows.group(3).splitlines()), message
+
+
 def test_grade_carries_on_after_a_failure_and_counts(capsys):
     namespace = dict(REFERENCE, pairwise_loss=lambda rc, rr: -torch.sigmoid(rc - rr).mean())
     del namespace["compute_gae"]
@@ -271,6 +309,24 @@ def test_grade_carries_on_after_a_failure_and_counts(capsys):
     assert out.count("✔ ") == len(EXERCISES) - 2
     assert out.rstrip().endswith(f"{len(EXERCISES) - 2} of {len(EXERCISES)} exercises pass")
     assert grade(REFERENCE) == 0
+
+
+@pytest.mark.parametrize("which", ["top_p_filter", "4"])
+def test_grade_grades_one_exercise_by_name_or_number(which, capsys):
+    namespace = dict(REFERENCE, pairwise_loss=lambda rc, rr: -torch.sigmoid(rc - rr).mean())
+    assert grade(namespace, [which]) == 0                                       # pairwise_loss is not graded
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and out[0].startswith("✔ top_p_filter: all") and out[1] == "1 of 1 exercises pass", out
+    assert grade(namespace, ["pairwise_loss", which]) == 1
+    assert capsys.readouterr().out.rstrip().endswith("1 of 2 exercises pass")
+
+
+@pytest.mark.parametrize("which", ["top_q_filter", "0", "12"])
+def test_grade_names_the_valid_exercises_for_an_unknown_one(which, capsys):
+    assert grade(REFERENCE, [which]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith(f"error: no exercise {which!r}"), err
+    assert all(f"{i} {name}" in err for i, name in enumerate(EXERCISES, 1)), err
 
 
 # ------------------------------------------------------------------------------------------ the notebook
@@ -321,13 +377,34 @@ def test_the_students_notebook_has_stubs_and_says_nothing_about_solutions(tmp_pa
     text = "\n".join(source(c) for c in nb["cells"])
     assert "solved" not in text.lower() and "solution" not in text.lower()
     assert set(re.findall(r"minirlhf[\w./]*", text)) == {"minirlhf.exercises"}   # no pointer to the references
-    for name in EXERCISES:
+    for number, name in enumerate(EXERCISES, 1):
         (definition,) = [source(c) for c in cells(nb, "code") if f"\ndef {name}(" in "\n" + source(c)]
         (fn,) = [n for n in ast.parse(definition).body if isinstance(n, ast.FunctionDef)]
-        assert ast.unparse(fn.body[-1]) == "raise NotImplementedError" and STUB in definition
+        said = f"exercise {number}: {name} is not written yet — solve it first"
+        assert ast.unparse(fn.body[-1]) == f"raise NotImplementedError({said!r})", ast.unparse(fn.body[-1])
+        assert f"{stub(name)}\n" in definition and YOUR_CODE in definition
     for c in cells(nb, "code"):
         ast.parse(source(c))
         assert c["outputs"] == [] and c["execution_count"] is None
+
+
+def test_the_students_demo_cells_say_which_exercise_to_solve_first():
+    """Run the students' notebook unsolved, cell by cell: every demo cell stops on the first stub it calls, and
+    says which exercise that is (not a bare `NotImplementedError:`); every check cell fails its check."""
+    nb, _ = student_notebook(json.loads(NOTEBOOK.read_text(encoding="utf-8")))
+    namespace, demos = {}, []
+    for c in cells(nb, "code"):
+        try:
+            exec(compile(source(c), "<cell>", "exec"), namespace)
+        except NotImplementedError as e:
+            assert NOTEBOOK_ONLY in tags(c) and not source(c).startswith("check_"), source(c)
+            number, name = re.fullmatch(r"exercise (\d+): (\w+) is not written yet — solve it first", str(e)).groups()
+            assert EXERCISES[int(number) - 1] == name
+            demos.append(name)
+        except AssertionError as e:
+            assert source(c).startswith("check_") and "not implemented yet" in str(e), str(e)
+    # the demos after exercises 4, 7, 10 (its first call is shape_rewards, exercise 8) and 11
+    assert demos == ["top_p_filter", "kl_penalty", "shape_rewards", "dpo_loss"]
 
 
 def test_the_students_script_runs_and_reports_every_stub(tmp_path):
@@ -344,6 +421,15 @@ def test_the_students_script_runs_and_reports_every_stub(tmp_path):
     for name in EXERCISES:
         assert f"✘ {name}: not implemented yet" in ran.stdout, ran.stdout
     assert ran.stdout.rstrip().endswith(f"0 of {len(EXERCISES)} exercises pass")
+    one = subprocess.run([sys.executable, out.name, "top_p_filter"], capture_output=True, text=True, env=env,
+                         cwd=tmp_path)
+    assert one.returncode == 1 and one.stdout.splitlines() == [
+        "✘ top_p_filter: not implemented yet (your function raised NotImplementedError: exercise 4: top_p_filter is "
+        "not written yet — solve it first): write its body, then check it again", "0 of 1 exercises pass"], one.stdout
+    unknown = subprocess.run([sys.executable, out.name, "top_q"], capture_output=True, text=True, env=env,
+                             cwd=tmp_path)
+    assert unknown.returncode == 2 and unknown.stdout == "" and unknown.stderr.count("\n") == 1, unknown.stderr
+    assert "no exercise 'top_q'" in unknown.stderr and "4 top_p_filter" in unknown.stderr
     again = subprocess.run([sys.executable, "-m", "minirlhf.exercises.blank", str(NOTEBOOK), str(out)],
                            capture_output=True, text=True, env=env)
     assert again.returncode == 2 and again.stderr.strip().count("\n") == 0 and "--force" in again.stderr
@@ -403,7 +489,13 @@ def test_blank_reports_bad_input_in_one_line(case, tmp_path, capsys):
 
 def test_blank_source_replaces_solution_blocks_with_a_stub():
     src = f"def f(x):\n    \"\"\"doc\"\"\"\n    {BEGIN}\n    y = x + 1\n    return y\n    {END}\n\nprint(1)\n"
-    assert blank_source(src) == f"def f(x):\n    \"\"\"doc\"\"\"\n    {STUB}\n\nprint(1)\n"
+    assert blank_source(src) == f"def f(x):\n    \"\"\"doc\"\"\"\n    {stub('f')}\n\nprint(1)\n"
+    assert stub("f") == 'raise NotImplementedError("f is not written yet — solve it first")  # your code here'
+    nested = f"def outer():\n    def top_p_filter(z, p):\n        {BEGIN}\n        return z\n        {END}\n" \
+             f"    # a comment at the outer indent\n    {BEGIN}\n    return 1\n    {END}\n"
+    assert blank_source(nested) == f"def outer():\n    def top_p_filter(z, p):\n        {stub('top_p_filter')}\n" \
+                                   f"    # a comment at the outer indent\n    {stub('outer')}\n"
+    assert "exercise 4: top_p_filter" in stub("top_p_filter") and "this exercise" in stub(None)
     for bad in (f"    {BEGIN}\n    x = 1\n", f"x = 1\n{END}\n", f"{BEGIN}\n{BEGIN}\n{END}\n"):
         with pytest.raises(ValueError):
             blank_source(bad)

@@ -4,32 +4,41 @@
     python -m minirlhf.exercises.blank notebooks/exercises_rlhf.ipynb exercises.py
 
 In both, every solution block (the lines from `# ---- solution ----` to `# ---- end solution ----` in a
-code cell) becomes `raise NotImplementedError  # your code here`, indented like the marker, and the cells
-tagged "teacher" (the note that the notebook is solved and where the reference implementations live) are
-left out. The notebook keeps every other cell, with outputs and execution counts cleared. The .py file
-keeps the explanations as comments and the code, but not the cells tagged "notebook-only" (check calls and
-demos): running it grades every exercise with minirlhf.exercises.grade. An existing output file is not
-overwritten unless --force is given. Plain JSON: no Jupyter package needed.
+code cell) becomes a stub, indented like the marker, that names the exercise it stands for:
+
+    raise NotImplementedError("exercise 4: top_p_filter is not written yet — solve it first")  # your code here
+
+so that a demo cell run before its exercise is solved says which one to solve. The cells tagged "teacher"
+(the note that the notebook is solved and where the reference implementations live) are left out. The
+notebook keeps every other cell, with outputs and execution counts cleared. The .py file keeps the
+explanations as comments and the code, but not the cells tagged "notebook-only" (check calls and demos):
+running it grades every exercise with minirlhf.exercises.grade, or only those named on its command line
+(`python exercises.py top_p_filter`, or its number, `python exercises.py 4`). An existing output file is
+not overwritten unless --force is given. Plain JSON: no Jupyter package needed.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
+import re
 import sys
 from pathlib import Path
 
 from ..errors import InputError
+from . import EXERCISES
 
 BEGIN, END = "# ---- solution ----", "# ---- end solution ----"
-STUB = "raise NotImplementedError  # your code here"
+YOUR_CODE = "# your code here"
 TEACHER, NOTEBOOK_ONLY = "teacher", "notebook-only"
+DEF = re.compile(r"(\s*)(?:async\s+)?def\s+(\w+)\s*\(")
 
 SCRIPT_HEADER = '''"""RLHF exercises that grade themselves.
 
-Fill in every function body that says `{stub}`, then run
+Fill in every function body that says `{your_code}`, then run
 
-    python {name}
+    python {name}                  # every exercise
+    python {name} top_p_filter     # only that one (or give its number: 4)
 
 It checks each function on random and hand-built cases and prints, per exercise, ✔ or ✘ with a hint.
 What each function must do is in the comments above it.
@@ -38,20 +47,37 @@ SCRIPT_FOOTER = '''if __name__ == "__main__":
     import sys
 
     from minirlhf.exercises import grade
-    sys.exit(grade(globals()))'''
+    sys.exit(grade(globals(), sys.argv[1:]))'''
+
+
+def stub(function: str | None) -> str:
+    """The line a solution block inside `def function(...)` becomes: it raises NotImplementedError saying which
+    exercise to solve, so that a demo calling it says so instead of a bare `NotImplementedError:`."""
+    if function in EXERCISES:
+        what = f"exercise {EXERCISES.index(function) + 1}: {function}"
+    else:
+        what = function or "this exercise"
+    return f'raise NotImplementedError("{what} is not written yet — solve it first")  {YOUR_CODE}'
 
 
 def blank_source(source: str) -> str:
-    """The code with every solution block replaced by the stub; an unclosed block is an error."""
-    out, inside = [], False
+    """The code with every solution block replaced by the stub of the function it is in (the innermost `def`
+    indented less than the marker); an unclosed block is an error."""
+    out, inside, defs = [], False, []          # defs: (indent, name) of the functions the line is inside
     for line in source.splitlines(keepends=True):
         stripped = line.strip()
+        indent = line[:len(line) - len(line.lstrip())]
+        if not inside and stripped and (not stripped.startswith("#") or stripped.startswith(BEGIN)):
+            # code (or the marker, indented as the code it replaces) closes the defs indented as much or more;
+            # any other comment may sit at any indent
+            defs = [(i, name) for i, name in defs if len(i) < len(indent)]
+            if match := DEF.match(line):
+                defs.append((match.group(1), match.group(2)))
         if stripped.startswith(BEGIN):
             if inside:
                 raise ValueError(f"nested {BEGIN!r}")
             inside = True
-            indent = line[:len(line) - len(line.lstrip())]
-            out.append(f"{indent}{STUB}\n")
+            out.append(f"{indent}{stub(defs[-1][1] if defs else None)}\n")
         elif stripped.startswith(END):
             if not inside:
                 raise ValueError(f"{END!r} without {BEGIN!r}")
@@ -98,7 +124,7 @@ def student_notebook(nb: dict) -> tuple[dict, int]:
 def student_script(nb: dict, name: str = "exercises.py", blank: bool = True) -> tuple[str, int]:
     """The students' .py file and the stub count: markdown as comments, code cells (solutions blanked,
     or kept with blank=False for an answer key), no teacher or notebook-only cells, grading under __main__."""
-    parts, n = [SCRIPT_HEADER.format(stub=STUB, name=name)], 0
+    parts, n = [SCRIPT_HEADER.format(your_code=YOUR_CODE, name=name)], 0
     for i, cell in enumerate(nb["cells"]):
         if _tags(cell) & {TEACHER, NOTEBOOK_ONLY}:
             continue
