@@ -103,11 +103,9 @@ def cmd_pretrain(args, overrides):
 
 
 def cmd_sample(args, overrides):
-    from pathlib import Path
-
     import torch
 
-    from .model import GPT
+    from .model import GPT, RewardModel
     from .runtime import resolve_device
     from .sampling import fit_to_context, generate
     from .tokenizer import Tokenizer
@@ -120,9 +118,7 @@ def cmd_sample(args, overrides):
     tokenizer = Tokenizer.from_file(f"{args.model}/tokenizer.json")
     model = GPT.from_pretrained(args.model).to(resolve_device(args.device)).eval()
     tokenizer.check_model(model.config, args.model)
-    if (Path(args.model) / "reward_head.safetensors").is_file():
-        warnings.warn(f"{args.model} is a reward model: sampling its trunk, which was trained to score text, "
-                      f"not to write it")
+    RewardModel.warn_if_one(args.model, "sampling")
     # the response gets what the prompt leaves of the context; a prompt that fills it keeps its end (one warning)
     whole = tokenizer.encode_prompt(args.prompt)
     prompt, max_new_tokens = fit_to_context(whole, args.max_new_tokens, model.config.block_size)

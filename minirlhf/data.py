@@ -1,15 +1,19 @@
 """Loading the data files (texts, prompts, pairs, rankings, demonstrations), every bad line reported as file:line.
 
-    texts           .txt, one document a line; or .jsonl {"text": str}
+    texts           .txt, one document a line; or .jsonl (.json, .ndjson) {"text": str}
     prompts         {"prompt": str}
     pairs           {"prompt": str, "chosen": str, "rejected": str}, or full-text {"chosen", "rejected"}
     rankings        {"query": str, "responses": [str, ...], "scores": [number, ...]}   (the RRHF format),
                     optionally "sources": ["provided" | "sampled", ...], one per response: where it came from
                     (a dataset's own answers vs samples of a policy; RRHF's only_use_provide / only_use_sample)
-    demonstrations  {"prompt": str, "response": str}   (supervised fine-tuning, InstructGPT's first step)
+    demonstrations  {"prompt": str, "response": str}   (supervised fine-tuning, InstructGPT's first step);
+                    "completion" is accepted for "response" (TRL's prompt-completion format)
 
 Files are UTF-8 (a leading BOM is allowed); blank lines are skipped; fields other than these are
 ignored. A problem raises `InputError("file:line: what is wrong")` before any training starts.
+Chat format (a field holding a list of {"role", "content"} messages, TRL's conversational datasets) is not
+supported: minirlhf's models continue plain text, with no chat template. Such a field is refused with a
+line that says so; give the prompt and the response as strings.
 """
 from __future__ import annotations
 
@@ -21,6 +25,20 @@ from pathlib import Path
 import torch
 
 from .errors import InputError, at
+
+
+TEXT_SUFFIXES, JSONL_SUFFIXES = (".txt",), (".jsonl", ".json", ".ndjson")
+
+
+class Located(str):
+    """A string read from a file that remembers where it came from: `where` is "file:line". It is a str in
+    every other way; messages about it (e.g. a prompt cut to fit the context) name its line."""
+    where: str
+
+    def __new__(cls, value: str, where: str):
+        s = super().__new__(cls, value)
+        s.where = where
+        return s
 
 
 @dataclass
@@ -98,8 +116,15 @@ def _field(obj, key, path, lineno):
     return obj[key]
 
 
+def _is_chat(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) and "content" in m for m in value)
+
+
 def _text(value, name, path, lineno, allow_empty=False) -> str:
     """A string field; empty (or whitespace-only) is an error unless allow_empty."""
+    if _is_chat(value):
+        raise at(path, lineno, f"field {name} is in chat format (a list of {{role, content}} messages), which "
+                               f"minirlhf does not support: give it as one string")
     if not isinstance(value, str):
         raise at(path, lineno, f"field {name} must be a string, got {_type_name(value)}")
     if not allow_empty and not value.strip():
@@ -114,15 +139,21 @@ def _list(value, name, path, lineno) -> list:
 
 
 def load_texts(path) -> list[str]:
-    """Pretraining documents: a .txt file (one document a line) or JSONL {"text": str}."""
-    if str(path).endswith(".txt"):
+    """Pretraining documents: a .txt file (one document a line) or JSONL {"text": str} (.jsonl, .json or
+    .ndjson); any other file name is refused, naming the two formats."""
+    suffix = Path(path).suffix.lower()
+    if suffix in TEXT_SUFFIXES:
         return [line for _, line in _lines(path)]
+    if suffix not in JSONL_SUFFIXES:
+        raise InputError(f"{path}: a text file must be .txt (one document a line) or .jsonl "
+                         f"({{\"text\": ...}} a line), got {suffix or 'no extension'!r}")
     return [_text(_field(obj, "text", path, n), "'text'", path, n) for n, obj in _records(path)]
 
 
-def load_prompts(path) -> list[str]:
-    """RL prompts: JSONL {"prompt": str}, each non-empty."""
-    return [_text(_field(obj, "prompt", path, n), "'prompt'", path, n) for n, obj in _records(path)]
+def load_prompts(path) -> list[Located]:
+    """RL prompts: JSONL {"prompt": str}, each non-empty; each remembers its file:line (`Located`)."""
+    return [Located(_text(_field(obj, "prompt", path, n), "'prompt'", path, n), f"{path}:{n}")
+            for n, obj in _records(path)]
 
 
 def _pair(obj, path, lineno) -> Pair:
@@ -169,11 +200,19 @@ def load_rankings(path) -> list[Ranking]:
     return [_ranking(obj, path, n) for n, obj in _records(path)]
 
 
+def _demonstration(obj, path, lineno) -> Demonstration:
+    if "messages" in obj and "prompt" not in obj:
+        raise at(path, lineno, "a 'messages' record is chat format, which minirlhf does not support: give "
+                               "{\"prompt\": str, \"response\": str}")
+    key = "response" if "response" in obj or "completion" not in obj else "completion"   # TRL's name
+    return Demonstration(_text(_field(obj, "prompt", path, lineno), "'prompt'", path, lineno, allow_empty=True),
+                         _text(_field(obj, key, path, lineno), f"'{key}'", path, lineno))
+
+
 def load_demonstrations(path) -> list[Demonstration]:
-    """Supervised fine-tuning data: {"prompt", "response"}; the prompt may be empty, the response not."""
-    return [Demonstration(_text(_field(obj, "prompt", path, n), "'prompt'", path, n, allow_empty=True),
-                          _text(_field(obj, "response", path, n), "'response'", path, n))
-            for n, obj in _records(path)]
+    """Supervised fine-tuning data: {"prompt", "response"} ("completion" is accepted for "response"); the
+    prompt may be empty, the response not."""
+    return [_demonstration(obj, path, n) for n, obj in _records(path)]
 
 
 def load_preferences(path) -> list[Pair] | list[Ranking]:

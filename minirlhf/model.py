@@ -12,6 +12,7 @@ masked, so a left-padded row gives the same logits at its real positions as the 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -292,14 +293,24 @@ class RewardModel(nn.Module):
         self.gpt.save_pretrained(directory, tokenizer)
         head = {f"head.{k}": v for k, v in self.head.state_dict().items()}
         head.update(gain=self.gain, bias=self.bias)
-        checkpoint.save_tensors(Path(directory) / "reward_head.safetensors", head)
+        checkpoint.save_tensors(Path(directory) / self.HEAD_FILE, head)
+
+    HEAD_FILE = "reward_head.safetensors"
+
+    @classmethod
+    def warn_if_one(cls, directory, doing: str) -> None:
+        """Warn when `directory` holds a reward model (its head file), about to be used as a policy: `doing`
+        says for what ("sampling", "training") — its trunk was trained to score text, not to write it."""
+        if (Path(directory) / cls.HEAD_FILE).is_file():
+            warnings.warn(f"{directory} is a reward model: {doing} its trunk, which was trained to score text, "
+                          f"not to write it (give a pretrained or SFT policy directory)")
 
     @classmethod
     def from_pretrained(cls, directory, init_head: bool = False):
         """Load trunk + head. With init_head=True a plain LM directory is accepted and the head is fresh."""
         gpt = GPT.from_pretrained(directory)
         model = cls(gpt.config, gpt)
-        head_path = Path(directory) / "reward_head.safetensors"
+        head_path = Path(directory) / cls.HEAD_FILE
         if head_path.exists() or not init_head:
             state = checkpoint.load_tensors(head_path)
             checkpoint.load_into(model.head, {k[5:]: v for k, v in state.items() if k.startswith("head.")}, head_path)

@@ -32,7 +32,7 @@ import torch
 from .config import TrainConfig, validate
 from .data import train_val_split
 from .errors import InputError
-from .model import GPT
+from .model import GPT, RewardModel
 from .optim import clip_grad, lr_at, make_adamw, set_lr
 from .reward import batch_indices
 from .run import Run
@@ -80,6 +80,7 @@ class Objective:
 
 def load_policy(init_dir, max_len: int, device) -> tuple[Tokenizer, GPT, int]:
     """(tokenizer, policy, max_len resolved against block_size) of --init, checking that they match."""
+    RewardModel.warn_if_one(init_dir, "training")
     tokenizer = Tokenizer.from_file(Path(init_dir) / "tokenizer.json")
     model = GPT.from_pretrained(init_dir).to(device)
     tokenizer.check_model(model.config, init_dir)

@@ -188,6 +188,7 @@ def collect(policy: GPT, ref_policy: GPT, reward, prompts: list[list[int]], max_
 def load_policy_and_reward(init_dir, reward_dir, device):
     """(tokenizer, policy, frozen reference, reward model or None) of an online RL run, checking that they share
     one vocabulary. reward_dir=None: the run is scored by a reward function, and no reward model is loaded."""
+    RewardModel.warn_if_one(init_dir, "training")
     tokenizer = Tokenizer.from_file(Path(init_dir) / "tokenizer.json")
     policy = GPT.from_pretrained(init_dir).to(device)
     ref = GPT.from_pretrained(init_dir).to(device)

@@ -50,7 +50,8 @@ class PretrainConfig(TrainConfig):
     vocab_size: int = 3000
     """Tokenizer vocabulary size when a tokenizer is trained here (ignored when one is given)."""
     tokenizer_kind: str = "char"
-    """'char' (one token per character; right for Chinese) or 'bpe' (byte-level BPE, as GPT-2)."""
+    """'char' (one token per character; right for Chinese) or 'bpe' (byte-level BPE, as GPT-2): use bpe for
+    English and other languages written with spaces, which a char vocabulary reads letter by letter."""
     n_layer: int = 4
     """Transformer blocks."""
     n_head: int = 4

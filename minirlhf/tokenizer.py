@@ -112,7 +112,8 @@ class Tokenizer:
         return seqs if max_len is None else [s[:max_len] for s in seqs]
 
     def encode_prompts(self, prompts: list[str], max_len: int | None = None) -> list[list[int]]:
-        """Each prompt -> [bos] + encode(prompt), keeping its LAST `max_len` tokens (one warning if any is cut).
+        """Each prompt -> [bos] + encode(prompt), keeping its LAST `max_len` tokens (one warning if any is cut,
+        naming the first few by file:line when they were read by data.load_prompts, else by number).
 
         The end is kept because it is what the response continues.
         """
@@ -121,9 +122,14 @@ class Tokenizer:
         encoded = [[self.bos_id] + ids for ids in self.encode_batch(prompts)]
         if max_len is None:
             return encoded
-        too_long = sum(len(p) > max_len for p in encoded)
-        if too_long:
-            warnings.warn(f"{too_long} prompt(s) longer than {max_len} tokens were cut to their last {max_len}")
+        cut = [getattr(text, "where", f"prompt {i + 1}") for i, (text, p) in enumerate(zip(prompts, encoded))
+               if len(p) > max_len]    # where: the file:line of a prompt read by data.load_prompts
+        if len(cut) == 1:
+            warnings.warn(f"{cut[0]}: a prompt longer than {max_len} tokens was cut to its last {max_len}")
+        elif cut:
+            also = ", ".join(cut[1:3]) + (f" and {len(cut) - 3} more" if len(cut) > 3 else "")
+            warnings.warn(f"{cut[0]}: {len(cut)} prompts longer than {max_len} tokens were cut to their last "
+                          f"{max_len} (also {also})")
         return [p[-max_len:] for p in encoded]
 
     def encode_responses(self, responses: list[str]) -> list[list[int]]:

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from minirlhf import GPT, GPTConfig, RewardModel, Tokenizer
+from minirlhf.data import load_prompts
 from minirlhf.sft import PretrainConfig, pretrain
 
 TEXTS = ["这家店的菜很好吃，服务也不错", "电影太长了，有点无聊", "质量很好，下次还来", "快递很慢，包装也破了"]
@@ -212,8 +213,26 @@ def test_too_long_prompts_keep_their_end_with_one_warning():
     long = "".join(TEXTS)
     with pytest.warns(UserWarning) as record:
         out = tok.encode_prompts([long, "好", long], 8)
-    assert len(record) == 1 and "2 prompt(s) longer than 8 tokens" in str(record[0].message)
+    assert len(record) == 1 and str(record[0].message) == \
+        "prompt 1: 2 prompts longer than 8 tokens were cut to their last 8 (also prompt 3)"
     assert out[0] == ([tok.bos_id] + tok.encode(long))[-8:] and out[1] == [tok.bos_id] + tok.encode("好")
+
+
+def test_a_cut_prompt_read_from_a_file_is_named_by_its_file_and_line(tmp_path):
+    tok = Tokenizer.train(TEXTS, 300)
+    long = "".join(TEXTS)
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": p}) for p in ["好", long, "", long, long, long, long])
+                    .replace('{"prompt": ""}', ""), encoding="utf-8")         # a blank line 3: lines, not indices
+    prompts = load_prompts(path)
+    assert prompts == ["好", long, long, long, long, long] and prompts[1].where == f"{path}:2"
+    with pytest.warns(UserWarning) as record:
+        tok.encode_prompts(prompts[:2], 8)
+    assert [str(r.message) for r in record] == [f"{path}:2: a prompt longer than 8 tokens was cut to its last 8"]
+    with pytest.warns(UserWarning) as record:
+        tok.encode_prompts(prompts, 8)
+    assert [str(r.message) for r in record] == [
+        f"{path}:2: 5 prompts longer than 8 tokens were cut to their last 8 (also {path}:4, {path}:5 and 2 more)"]
 
 
 def test_sample_cuts_a_too_long_prompt_with_one_warning_line(tmp_path):

@@ -50,7 +50,12 @@ def world(tmp_path_factory):
         "stray value": ["dpo", "--data", w / "pairs.jsonl", "--init", w / "sft", "--out", w / "never_dpo",
                         "--lr", "--overwrite", "0.002"],
         "long prompt": ["sample", "--model", w / "sft", "--prompt", LONG, "--max-new-tokens", 8, "--n", 2],
+        "dpo on a reward model": ["dpo", "--data", w / "pairs.jsonl", "--init", w / "reward", "--out", w / "dpo_rm",
+                                  "--steps", 1, "--val_fraction=0"],
+        "texts.csv": ["pretrain", "--text", w / "texts.csv", "--out", w / "never_pretrain"],
+        "pretrain help": ["pretrain", "--help"],
     }
+    (w / "texts.csv").write_text("text\n" + "\n".join(TEXTS) + "\n", encoding="utf-8")
     with ThreadPoolExecutor(max_workers=2) as pool:
         done = dict(zip(cases, pool.map(lambda argv: cli(*argv), cases.values())))
     return w, done
@@ -151,3 +156,21 @@ def test_sample_prints_the_prompt_it_read_when_it_is_cut(world):
     assert LONG.endswith(read) and len(read) < len(LONG)
     samples = r.stdout.strip().splitlines()
     assert len(samples) == 2 and all(s.startswith("…" + read) and LONG[:-len(read)] not in s for s in samples)
+
+
+def test_dpo_warns_when_its_init_is_a_reward_model(world):
+    r = world[1]["dpo on a reward model"]
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = warning_lines(r)
+    assert len(lines) == 1 and "is a reward model: training its trunk, which was trained to score text" in lines[0]
+
+
+def test_pretrain_names_the_accepted_formats_and_says_when_to_use_bpe(world):
+    w, done = world
+    r = done["texts.csv"]
+    assert r.returncode == 2 and r.stderr.strip() == (
+        f"{w / 'texts.csv'}: a text file must be .txt (one document a line) or .jsonl "
+        "({\"text\": ...} a line), got '.csv'"), r.stderr
+    assert not (w / "never_pretrain").exists()
+    text = " ".join(done["pretrain help"].stdout.split())
+    assert "use bpe for English" in text, text

@@ -168,3 +168,32 @@ def test_split_deterministic_disjoint_and_complete():
     assert train_val_split(items[:1], 0.5, seed=0) == (items[:1], [])  # ...but one to train on
     with pytest.raises(ValueError):
         train_val_split(items, 1.0, seed=0)
+
+
+# ------------------------------------------------- other people's formats: TRL's names, chat format, other files
+
+def test_trl_completion_is_accepted_for_response(tmp_path):
+    path = write(tmp_path, "c.jsonl", jl({"prompt": "这部电影很", "completion": "好看"},
+                                        {"prompt": "", "response": "全文", "completion": "ignored"}))
+    assert load_demonstrations(path) == [Demonstration("这部电影很", "好看"), Demonstration("", "全文")]
+    raises_at(load_demonstrations, write(tmp_path, "c1.jsonl", jl({"prompt": "p", "completion": " "})), 1,
+              "'completion' is empty")
+
+
+def test_chat_format_is_refused_saying_it_is_not_supported(tmp_path):
+    chat = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "好"}]
+    raises_at(load_demonstrations, write(tmp_path, "m.jsonl", jl({"messages": chat})), 1,
+              "'messages' record is chat format, which minirlhf does not support")
+    raises_at(load_demonstrations, write(tmp_path, "m1.jsonl", jl({"prompt": chat[:1], "completion": chat[1:]})), 1,
+              "field 'prompt' is in chat format", "does not support: give it as one string")
+    raises_at(load_pairs, write(tmp_path, "m2.jsonl", jl({"chosen": chat, "rejected": chat})), 1,
+              "field 'chosen' is in chat format")
+
+
+def test_texts_in_another_format_are_refused_naming_the_two_accepted(tmp_path):
+    for name in ("texts.csv", "texts"):
+        path = write(tmp_path, name, "text\n你好\n")
+        with pytest.raises(InputError) as e:
+            load_texts(path)
+        assert str(e.value).startswith(f"{path}: a text file must be .txt (one document a line) or .jsonl"), e.value
+    assert load_texts(write(tmp_path, "t.ndjson", jl({"text": "你好"}))) == ["你好"]
