@@ -18,8 +18,7 @@ import torch
 from .advantages import kl_penalty
 from .model import GPT, RewardModel
 from .reward_eval import score_sequences
-from .rollout import collect, score
-from .runtime import autocast
+from .rollout import rollouts, score
 from .sampling import sample_batches
 from .tokenizer import Tokenizer
 
@@ -43,15 +42,11 @@ def sample_and_score(policy: GPT, ref: GPT, reward: RewardModel, tokenizer: Toke
                      n_per_prompt: int, max_new_tokens: int, temperature: float = 1.0, seed: int = 0,
                      batch_size: int = 128) -> Samples:
     """n_per_prompt samples for each prompt, with reward and KL to the reference: the same rollout
-    (rollout.collect) and the same k1 estimator (advantages.kl_penalty) as PPO's."""
-    gen = torch.Generator().manual_seed(seed)
-    room = policy.config.block_size - max_new_tokens
-    texts = [p for p in prompts for _ in range(n_per_prompt)]
+    (rollout.rollouts, batch_size at a time, one CPU generator seeded `seed`) and the same k1 estimator
+    (advantages.kl_penalty) as PPO's."""
     out = Samples([], [], [], [])
-    for i in range(0, len(texts), batch_size):
-        chunk = texts[i:i + batch_size]
-        ro = collect(policy, ref, reward, tokenizer.encode_prompts(chunk, room), max_new_tokens, temperature,
-                     tokenizer.eos_id, tokenizer.pad_id, gen)
+    for chunk, ro in rollouts(policy, ref, reward, tokenizer, prompts, n_per_prompt, max_new_tokens, temperature,
+                              seed, batch_size):
         out.prompts += chunk
         out.responses += tokenizer.decode_batch(ro.responses.tolist())
         out.rewards += ro.scores.tolist()
@@ -80,8 +75,7 @@ def best_of_n(policy: GPT, reward: RewardModel, tokenizer: Tokenizer, prompts: l
     per_batch = max(1, batch_size // n) * n              # the n candidates of a draw stay in one batch
     draws = [p for p in prompts for _ in range(n_per_prompt)]
     for chunk, g in sample_batches(policy, tokenizer, draws, n, max_new_tokens, temperature, seed, per_batch):
-        with autocast(g.sequences.device):
-            scores = score(reward, g.sequences, g.attention_mask, g.response_mask.float())
+        scores = score(reward, g.sequences, g.attention_mask, g.response_mask.float())
         best = scores.view(-1, n).argmax(1) + torch.arange(0, len(chunk), n, device=scores.device)   # (draws,)
         out.prompts += chunk[::n]
         out.responses += tokenizer.decode_batch(g.responses[best].tolist())

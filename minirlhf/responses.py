@@ -184,11 +184,9 @@ def make_preferences(policy: GPT, reward, tokenizer: Tokenizer, prompts: list[st
     """
     if k < 2:
         raise ValueError(f"k must be at least 2 (a preference needs two responses), got {k}")
-    device = next(policy.parameters()).device
     texts, scores = [], []
     for _, gen in sample_batches(policy, tokenizer, prompts, k, max_new_tokens, temperature, seed, batch_size):
-        with autocast(device):
-            s = score(reward, gen.sequences, gen.attention_mask, gen.response_mask.float())
+        s = score(reward, gen.sequences, gen.attention_mask, gen.response_mask.float())
         scores += apply_missing_eos_penalty(s, gen.responses, tokenizer.eos_id, missing_eos_penalty).tolist()
         texts += tokenizer.decode_batch(gen.responses.tolist())
     pairs, rankings = [], []

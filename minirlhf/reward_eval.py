@@ -13,7 +13,7 @@ import torch
 
 from .losses import ordered_pairs
 from .model import GPT, RewardModel
-from .runtime import autocast
+from .rollout import score
 from .sampling import left_pad, sample_batches
 from .tokenizer import Tokenizer
 
@@ -41,15 +41,14 @@ def summarize(groups, prefix: str) -> dict:
 
 def score_sequences(model: RewardModel, seqs: list[list[int]], pad_id: int, batch_size: int | None = None,
                     normalized: bool = False) -> torch.Tensor:
-    """Scores (N,) of N token lists, left-padded and attention-masked: raw scores (what the losses see) or
-    normalised ones (gain·raw + bias, what a policy is rewarded with). One forward pass when batch_size is
-    None, else one per batch_size sequences."""
+    """Scores (N,) of N token lists, left-padded and attention-masked, by rollout.score: raw scores (what the
+    losses see) or normalised ones (gain·raw + bias, what a policy is rewarded with). One forward pass when
+    batch_size is None, else one per batch_size sequences."""
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(seqs), batch_size or max(len(seqs), 1)):
         ids, mask = left_pad(seqs[i:i + (batch_size or len(seqs))], pad_id, device)   # (n, T), (n, T)
-        with autocast(device):
-            out.append((model(ids, mask) if normalized else model.raw_scores(ids, mask)).float())
+        out.append(score(model, ids, mask, raw=not normalized))
     return torch.cat(out)
 
 

@@ -4,7 +4,9 @@
             ──reference forward──▶ ref_logprobs
             ──reward──▶ one score per sequence, read at the last real token
 
-`collect` does all of it for one batch and returns a `Rollout`; what a trainer does next (KL shaping and
+`collect` does all of it for one batch and returns a `Rollout`; `rollouts` does it for many text prompts,
+batch after batch (sampling.sample_batches' batches and draws: how a policy is evaluated); `score` is the one
+place a reward model (or a reward function) scores sequences. What a trainer does next (KL shaping and
 GAE for PPO, group baselines for GRPO and RLOO) lives in advantages.py.
 
 Alignment, the classic source of off-by-one bugs (trl #15, DeepSpeed-Chat #672): response token t sits
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -25,7 +28,7 @@ from .errors import InputError
 from .model import GPT, RewardModel
 from .ops import logprobs_and_entropy, logprobs_from_logits, predicting_positions
 from .runtime import PhaseTimer, autocast
-from .sampling import generate
+from .sampling import generate, sample_batches
 from .tokenizer import Tokenizer
 
 
@@ -86,12 +89,18 @@ class PolicyLogprobs(nn.Module):
         return sequence_logprobs(self.policy, sequences, attention_mask, prompt_len, temperature)
 
 
-def score(reward, sequences, attention_mask, response_mask) -> torch.Tensor:
-    """(B,) scores: a RewardModel reads prompt ⊕ response at its last real token; any other callable is
-    called as fn(sequences, response_mask) (a TextReward turns the ids into strings first)."""
-    if isinstance(reward, RewardModel):
-        return reward(sequences, attention_mask).float()
-    return torch.as_tensor(reward(sequences, response_mask), dtype=torch.float32, device=sequences.device)
+def score(reward, sequences, attention_mask, response_mask=None, raw: bool = False) -> torch.Tensor:
+    """(B,) fp32 scores of one batch, under autocast (runtime.autocast: bf16 on CUDA, as every forward): THE scoring
+    of rollouts, best-of-n, make_preferences and reward_eval.score_sequences.
+
+    A RewardModel reads prompt ⊕ response at its last real token: normalised, gain·raw + bias (what a policy is
+    rewarded with), or with raw=True the head's own score (what the reward losses see). Any other callable is
+    called as fn(sequences, response_mask) (a TextReward turns the ids into strings first).
+    """
+    with autocast(sequences.device):
+        if isinstance(reward, RewardModel):
+            return (reward.raw_scores(sequences, attention_mask) if raw else reward(sequences, attention_mask)).float()
+        return torch.as_tensor(reward(sequences, response_mask), dtype=torch.float32, device=sequences.device)
 
 
 def takes_text(fn) -> bool:
@@ -183,6 +192,15 @@ def collect(policy: GPT, ref_policy: GPT, reward, prompts: list[list[int]], max_
             scores = score(reward, seq, attn, mask)
     scores = apply_missing_eos_penalty(scores, gen.responses, eos_id, missing_eos_penalty)
     return Rollout(seq, attn, mask, P, logprobs * mask, ref_logprobs * mask, values, scores, entropy * mask)
+
+
+def rollouts(policy: GPT, ref_policy: GPT, reward, tokenizer: Tokenizer, prompts: list[str], n_per_prompt: int,
+             max_new_tokens: int, temperature: float = 1.0, seed: int = 0, batch_size: int = 128):
+    """Yield (prompt texts, Rollout) per batch: n_per_prompt rollouts of each text prompt, in order, `collect`ed
+    batch_size at a time on sampling.sample_batches' batches, prompt cuts and draws (one CPU generator seeded
+    `seed`). How a policy is evaluated (evaluation.sample_and_score): the very rollout PPO trains on."""
+    return sample_batches(policy, tokenizer, prompts, n_per_prompt, max_new_tokens, temperature, seed, batch_size,
+                          sample=partial(collect, policy, ref_policy, reward))
 
 
 def load_policy_and_reward(init_dir, reward_dir, device):

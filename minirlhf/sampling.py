@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -242,19 +243,35 @@ def fit_to_context(prompt: list[int], max_new_tokens: int, block_size: int) -> t
     return prompt[-keep:], n_new
 
 
+def prompt_room(max_new_tokens: int, *models) -> int:
+    """The tokens a prompt may keep so that max_new_tokens more fit in the context of every one of `models` (GPT,
+    RewardModel; a None is skipped: a run scored by a function): min(block_size) − max_new_tokens.
+
+    What every batch of prompts is cut to (Tokenizer.encode_prompts keeps a prompt's end), so that generate never
+    runs past a model's positions and the reward model reads the whole prompt ⊕ response. Below 1 there is no
+    room, not even for [bos]: the caller says which setting leaves none.
+    """
+    return min(m.config.block_size for m in models if m is not None) - max_new_tokens
+
+
 @torch.no_grad()
 def sample_batches(model, tokenizer, prompts: list[str], n_per_prompt: int, max_new_tokens: int,
-                   temperature: float = 1.0, seed: int = 0, batch_size: int = 128):
-    """Yield (prompt texts, GenerationOutput) per batch: n_per_prompt samples of each text prompt, in order.
+                   temperature: float = 1.0, seed: int = 0, batch_size: int = 128, sample=None):
+    """Yield (prompt texts, output) per batch: n_per_prompt samples of each text prompt, in order. THE chunked
+    sampling path: evaluation (through rollout.rollouts), best-of-n, make_preferences and the reward model's
+    normalisation set all sample here, so the same seed and batches give them the same draws.
 
-    Prompts are fed as tokenizer.encode_prompts gives them ([bos] + ids, a too-long one keeps its end, with
-    one warning); the draws come from one CPU generator seeded `seed`, so they are the same on any device.
+    Prompts are fed as tokenizer.encode_prompts gives them ([bos] + ids cut to prompt_room(max_new_tokens, model),
+    a too-long one keeping its end, with one warning); the draws come from one CPU generator seeded `seed`,
+    consumed batch after batch, so they are the same on any device. Each batch is
+    `sample(ids, max_new_tokens, temperature=, eos_id=, pad_id=, generator=)`: by default `generate` on `model`
+    (a GenerationOutput); rollout.rollouts passes rollout.collect (a Rollout, with reference logprobs and scores).
     """
+    sample = sample or partial(generate, model)
     gen = torch.Generator().manual_seed(seed)
-    room = model.config.block_size - max_new_tokens
+    room = prompt_room(max_new_tokens, model)
     texts = [p for p in prompts for _ in range(n_per_prompt)]
     for i in range(0, len(texts), batch_size):
         chunk = texts[i:i + batch_size]
-        ids = tokenizer.encode_prompts(chunk, room)
-        yield chunk, generate(model, ids, max_new_tokens, temperature=temperature, eos_id=tokenizer.eos_id,
-                              pad_id=tokenizer.pad_id, generator=gen)
+        yield chunk, sample(tokenizer.encode_prompts(chunk, room), max_new_tokens, temperature=temperature,
+                            eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, generator=gen)
