@@ -4,17 +4,68 @@ Every trainer has a dataclass config whose fields carry a docstring (a string li
 the field, the convention CleanRL uses). `apply_overrides` turns `["--lr=3e-4", "--steps=100"]` into a
 new config; an unknown key is an error that lists the valid ones. Values are parsed by the field's type,
 never with eval/exec.
+
+A setting that was renamed stays accepted under its old name, with a FutureWarning: a config class declares
+`renamed: ClassVar[dict[str, str]] = {"old": "new"}`, and `apply_overrides` (--old=...) and `from_dict` (an old
+run's train_config.json or demo.json) read the old key as the new one, as does the constructor of a class marked
+@keeps_old_names. `config_help` lists only the new names.
 """
 from __future__ import annotations
 
 import ast
 import dataclasses
 import difflib
+import functools
 import inspect
 import types
 import typing
+import warnings
+from typing import ClassVar
 
 from .errors import InputError
+
+
+def renamed_keys(cls) -> dict[str, str]:
+    """{old name: new name} of the settings `cls` and its bases declare renamed (their `renamed` ClassVar)."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        out.update(vars(klass).get("renamed", {}))
+    return out
+
+
+def current_name(cls, name: str, prefix: str = "", warn: bool = True, stacklevel: int = 3) -> str:
+    """The name setting `name` of config class `cls` has now: `name` itself, or its new name, with one
+    FutureWarning "--prefix.old is now --prefix.new" when `warn`."""
+    new = renamed_keys(cls).get(name)
+    if new is None:
+        return name
+    if warn:
+        warnings.warn(f"--{prefix}{name} is now --{prefix}{new}", FutureWarning, stacklevel=stacklevel)
+    return new
+
+
+def current_keys(cls, data: dict, prefix: str = "", warn: bool = True, stacklevel: int = 4) -> dict:
+    """`data` (settings by name) with every renamed key of `cls` under its new name (one FutureWarning each,
+    when `warn`); where both names are present, the new one's value wins."""
+    out = {k: v for k, v in data.items() if k not in renamed_keys(cls)}
+    for k, v in data.items():
+        if k in renamed_keys(cls):
+            out.setdefault(current_name(cls, k, prefix, warn, stacklevel), v)
+    return out
+
+
+def keeps_old_names(cls):
+    """Class decorator, above @dataclass: the constructor takes a renamed setting's old name too, e.g.
+    GRPOConfig(epochs=2) is GRPOConfig(ppo_epochs=2) with a FutureWarning (a subclass that is its own
+    @dataclass gets a new __init__, so it carries the decorator too)."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **current_keys(type(self), kwargs, stacklevel=4))  # the warning names the caller's line
+
+    cls.__init__ = __init__
+    return cls
 
 
 def field_docs(cls) -> dict[str, str]:
@@ -74,7 +125,7 @@ def _apply(config, path: list[str], value: str | None, full_key: str, prefix: st
     """Set the field at `path` inside `config`, itself reached by the dotted `prefix` ("" or "ppo.") from a
     `parent` config class (None at the top); value None: the key came without `=value`."""
     hints = typing.get_type_hints(type(config))
-    name = path[0]
+    name = current_name(type(config), path[0], prefix)
     if name not in hints or name not in {f.name for f in dataclasses.fields(config)}:
         raise InputError(f"unknown config key {full_key!r}{_suggest(config, path, prefix, parent)}; valid keys: "
                          f"{', '.join(_keys(config, prefix, parent))}")
@@ -122,7 +173,8 @@ def _suggest(config, path: list[str], prefix: str = "", parent=None) -> str:
     (difflib's ratio >= 0.8); by full dotted name, those under the group the user named first."""
     keys = _leaves(config, prefix, parent)
     last = {k: k.rsplit(".", 1)[-1] for k in keys}
-    close = difflib.get_close_matches(path[-1], sorted(set(last.values())), n=1, cutoff=0.8)
+    wanted = _renamed_below(config).get(path[-1], path[-1])      # an old name, given in the wrong group
+    close = difflib.get_close_matches(wanted, sorted(set(last.values())), n=1, cutoff=0.8)
     hits = [k for k in keys if close and last[k] == close[0]]
     group = [k for k in hits if f".{k}".endswith(".".join(["", *path[:-1], last[k]]))]
     hits = group or hits
@@ -131,17 +183,30 @@ def _suggest(config, path: list[str], prefix: str = "", parent=None) -> str:
     return f" (did you mean {', '.join(hits[:-1]) + ' or ' if len(hits) > 1 else ''}{hits[-1]}?)"
 
 
-def from_dict(cls, data: dict):
-    """Rebuild a config dataclass (nested groups included) from asdict() output, e.g. a saved demo.json."""
+def _renamed_below(config) -> dict[str, str]:
+    """{old: new} of the renamed settings of `config` and of every config group below it."""
+    out = renamed_keys(type(config))
+    for f in dataclasses.fields(config):
+        if dataclasses.is_dataclass(getattr(config, f.name)):
+            out = {**_renamed_below(getattr(config, f.name)), **out}
+    return out
+
+
+def from_dict(cls, data: dict, prefix: str = ""):
+    """Rebuild a config dataclass (nested groups included) from asdict() output, e.g. a saved demo.json or an
+    old run's train_config.json; a renamed setting's old key is read as its new one (with a FutureWarning)."""
     hints = typing.get_type_hints(cls)
+    data = current_keys(cls, data, prefix)
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in data:
             typ = hints[f.name]
-            kwargs[f.name] = from_dict(typ, data[f.name]) if dataclasses.is_dataclass(typ) else data[f.name]
+            kwargs[f.name] = (from_dict(typ, data[f.name], f"{prefix}{f.name}.") if dataclasses.is_dataclass(typ)
+                              else data[f.name])
     return cls(**kwargs)
 
 
+@keeps_old_names
 @dataclasses.dataclass
 class TrainConfig:
     """The fields every step-based trainer shares (pretraining, reward models, DPO, RRHF, SFT); each trainer's
@@ -158,8 +223,8 @@ class TrainConfig:
     """Cosine decay ends at lr·min_lr_ratio."""
     weight_decay: float = 0.0
     """AdamW weight decay on matrices."""
-    grad_clip: float = 1.0
-    """Global gradient-norm clip (0 disables)."""
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clip (0 disables); the online trainers' name, and TRL's."""
     val_fraction: float = 0.1
     """Share of examples held out for validation."""
     eval_every: int = 50
@@ -172,10 +237,11 @@ class TrainConfig:
     """cpu or cuda (bf16 autocast)."""
     save_every: int = 0
     """Steps between resumable checkpoints (0: only at the end)."""
+    renamed: ClassVar[dict[str, str]] = {"grad_clip": "max_grad_norm"}  # old names, still read (FutureWarning)
 
     def __post_init__(self):
         validate(self, positive=("steps", "batch_size", "lr", "eval_every", "eval_batch_size"),
-                 non_negative=("warmup_steps", "min_lr_ratio", "weight_decay", "grad_clip", "save_every"))
+                 non_negative=("warmup_steps", "min_lr_ratio", "weight_decay", "max_grad_norm", "save_every"))
         if not 0 <= self.val_fraction < 1:
             raise InputError(f"--val_fraction must be in [0, 1), got {self.val_fraction}")
 

@@ -1,4 +1,5 @@
-"""Loading the data files (texts, prompts, pairs, rankings, demonstrations), every bad line reported as file:line.
+"""Loading the data files (texts, prompts, pairs, rankings, demonstrations), every bad line reported as file:line;
+splitting them (train_val_split) and drawing a step's batch of them (batch_indices).
 
     texts           .txt, one document a line; or .jsonl (.json, .ndjson) {"text": str}
     prompts         {"prompt": str}
@@ -245,3 +246,16 @@ def train_val_split(items: list, val_fraction: float, seed: int) -> tuple[list, 
     train = [x for i, x in enumerate(items) if i not in val_idx]
     val = [x for i, x in enumerate(items) if i in val_idx]
     return train, val
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
+    """Example indices for a step: a fresh permutation each epoch, a pure function of the step (so
+    --resume needs no data-loader state)."""
+    out, pos = [], step * batch_size
+    while len(out) < batch_size:
+        epoch, offset = divmod(pos, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        take = perm[offset:offset + batch_size - len(out)].tolist()
+        out += take
+        pos += len(take)
+    return out

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import validate
+from .config import keeps_old_names, validate
 from .data import Pair
 from .errors import InputError
 from .losses import dpo_loss
@@ -53,6 +53,7 @@ from .preference_losses import DPO_LOSS_TYPES
 from .responses import Joined, batched_response_logps, encode_prompt_responses, response_logps
 
 
+@keeps_old_names
 @dataclass
 class DPOConfig(OfflineConfig):
     beta: float = 0.1

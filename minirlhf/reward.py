@@ -46,7 +46,6 @@ raw_std, gain, bias (also in normalization.json).
 """
 from __future__ import annotations
 
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,20 +53,18 @@ from pathlib import Path
 import torch
 
 from .checkpoint import save_json
-from .config import TrainConfig, validate
+from .config import TrainConfig, keeps_old_names, validate
 from .data import Pair, Ranking, train_val_split
 from .errors import InputError
 from .losses import best_of_k_loss, pairwise_loss, plackett_luce_loss, ranking_loss, sigmoid_rank_loss
 from .model import RewardModel
-from .optim import clip_grad, lr_at, make_adamw, set_lr
 from .ranks import scores_to_ranks
 from .responses import Cuts, encode_prompt_responses
 from .reward_eval import fit_reward_normalization, normalization_set, score_sequences, summarize
-from .runtime import (average_gradients, init_distributed, is_main_process, mean_across_ranks,
-                      resolve_device, seed_everything, sync_params)
+from .runtime import init_distributed, resolve_device, seed_everything, sync_params
 from .run import Run
+from .steps import StepObjective, train_steps
 from .tokenizer import Tokenizer
-from .tracking import check_finite
 
 LOSSES = ("auto", "pairwise", "ranking", "plackett_luce", "best_of_k", "sigmoid_rank")
 SIGMOID_RANK_WARNING = ("--loss sigmoid_rank is the original Chinese rank-list example's plain-sigmoid loss, there "
@@ -75,6 +72,7 @@ SIGMOID_RANK_WARNING = ("--loss sigmoid_rank is the original Chinese rank-list e
                         "pairwise) is the right loss")
 
 
+@keeps_old_names
 @dataclass
 class RewardConfig(TrainConfig):
     """The reward model's fields; the step, optimiser and run fields are config.TrainConfig's."""
@@ -191,9 +189,10 @@ def batch_loss(name: str, groups, margin: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: RewardModel, examples: list[Example], loss_name: str, margin: float, pad_id: int,
-             batch_size: int = 64) -> dict:
-    """val/loss (mean over prompts), val/accuracy, val/ranking_accuracy, val/margin_mean."""
+def validation_metrics(model: RewardModel, examples: list[Example], loss_name: str, margin: float, pad_id: int,
+                       batch_size: int = 64) -> dict:
+    """val/loss (mean over prompts), val/accuracy, val/ranking_accuracy, val/margin_mean (over every held-out
+    pair at once, not averaged over batches)."""
     was_training = model.training
     model.eval()
     all_groups, loss_sum = [], 0.0
@@ -206,17 +205,32 @@ def evaluate(model: RewardModel, examples: list[Example], loss_name: str, margin
     return {"val/loss": loss_sum / len(examples), **summarize(all_groups, "val")}
 
 
-def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
-    """Example indices for a step: a fresh permutation each epoch, a pure function of the step (so
-    --resume needs no data-loader state)."""
-    out, pos = [], step * batch_size
-    while len(out) < batch_size:
-        epoch, offset = divmod(pos, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        take = perm[offset:offset + batch_size - len(out)].tolist()
-        out += take
-        pos += len(take)
-    return out
+class RewardTraining(StepObjective):
+    """The reward model's objective for the step trainer (steps.py): ONE forward over a batch's Σ K sequences,
+    the configured loss averaged over its prompts; at the end `normalize(model, run)`, if given, before the
+    model directory is written."""
+    name = "reward"
+
+    def __init__(self, loss_name: str, margin: float, normalize=None):
+        self.loss_name, self.margin, self.normalize = loss_name, margin, normalize
+
+    def loss(self, model, batch, pad_id):
+        groups = forward_examples(model, batch, pad_id)          # ONE forward, Σ K sequences
+        loss = batch_loss(self.loss_name, groups, self.margin)
+        scores = torch.cat([r.detach().flatten() for r, _ in groups])
+        return loss, {"reward/loss": loss.detach(), **summarize([(r.detach(), k) for r, k in groups], "reward"),
+                      "reward/score_mean": scores.mean(), "reward/score_std": scores.std(unbiased=False)}
+
+    def validate(self, model, examples, pad_id, batch_size):
+        return validation_metrics(model, examples, self.loss_name, self.margin, pad_id, batch_size)
+
+    def postfix(self, row):
+        return {"loss": f"{row['reward/loss']:.3f}", "acc": f"{row['reward/accuracy']:.2f}"}
+
+    def save(self, model, run, tokenizer):
+        if self.normalize is not None:
+            self.normalize(model, run)
+        model.save_pretrained(run.out, tokenizer)
 
 
 def train_reward_model(examples: list, init_dir, out_dir, config: RewardConfig, tokenizer: Tokenizer,
@@ -240,7 +254,7 @@ def train_reward_model(examples: list, init_dir, out_dir, config: RewardConfig, 
     if reference_texts is not None and not reference_texts:
         raise InputError("reference_texts is empty: nothing to normalise on")
     device = resolve_device(config.device)
-    rank, world = init_distributed(device)                       # torchrun: see runtime.py
+    init_distributed(device)                                     # torchrun: see runtime.py
     seed_everything(config.seed)                                 # the fresh head's N(0, 1/sqrt(d+1)) init
     model = RewardModel.from_pretrained(init_dir, init_head=True).to(device)
     sync_params(model)                                           # on the device: nccl moves only CUDA tensors
@@ -255,48 +269,14 @@ def train_reward_model(examples: list, init_dir, out_dir, config: RewardConfig, 
     if loss_name == "sigmoid_rank":
         warnings.warn(SIGMOID_RANK_WARNING)
 
-    optimizer = make_adamw(model, config.lr, config.weight_decay)
+    def normalize(trained: RewardModel, run: Run):  # rank 0, after training: the initial policy's scores -> N(0, 1)
+        seqs, source = normalization_set(reference_texts, init_dir, norm_prompts or [e.prompt for e in train_ex],
+                                         tokenizer, config, max_len, device)
+        stats = fit_reward_normalization(trained, seqs, tokenizer.pad_id, config.eval_batch_size)
+        save_json(out / "normalization.json", {"source": source, **stats})
+        run.logger.log({"step": config.steps, **{f"norm/{k}": v for k, v in stats.items() if k != "n"}})
+
     run = Run(out, "reward", config.steps, resume, overwrite, inputs=(init_dir,), save_every=config.save_every,
               show_progress=show_progress)
-    start, _ = run.restore({"model": model}, optimizer, {})      # read (and checked) before any write
-    run.begin(config, tokenizer, start, loss=loss_name)          # nothing is written before this line
-    batch_size = min(config.batch_size, len(train_ex))
-    model.train()
-    t0 = time.time()
-    for step in range(start, config.steps):
-        lr = lr_at(step, config.steps, config.lr, config.warmup_steps, "cosine", config.min_lr_ratio)
-        set_lr(optimizer, lr)
-        # torchrun: rank r takes the r-th of `world` consecutive batches, so together they are the
-        # batch of size world·batch_size that a single process would take at this step
-        batch = [train_ex[i] for i in batch_indices(step * world + rank, len(train_ex), batch_size, config.seed)]
-        groups = forward_examples(model, batch, tokenizer.pad_id)   # ONE forward, Σ K sequences
-        loss = batch_loss(loss_name, groups, config.margin)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        average_gradients(model)                                 # torchrun: the mean gradient over ranks
-        grad_norm = clip_grad(model, config.grad_clip)
-        scores = torch.cat([r.detach().flatten() for r, _ in groups])
-        row = {"step": step + 1, "reward/loss": loss.item(), **summarize([(r.detach(), k) for r, k in groups], "reward"),
-               "reward/score_mean": scores.mean().item(), "reward/score_std": scores.std(unbiased=False).item(),
-               "reward/grad_norm": grad_norm, "reward/lr": lr, "reward/epoch": (step + 1) * batch_size * world / len(train_ex),
-               "time/elapsed_s": time.time() - t0}
-        row = mean_across_ranks(row)                             # torchrun: metrics are means over ranks
-        check_finite(row, step + 1, ["reward/loss", "reward/grad_norm"])  # before the step: no NaN update
-        optimizer.step()
-        if val_ex and is_main_process() and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps):
-            row.update(evaluate(model, val_ex, loss_name, config.margin, tokenizer.pad_id, config.eval_batch_size))
-        run.log(row, loss=f"{row['reward/loss']:.3f}", acc=f"{row['reward/accuracy']:.2f}")
-        run.maybe_checkpoint(step + 1)                           # every rank (RNG states gathered)
-    model.eval()
-
-    def save():  # rank 0: normalise (scores of the initial policy's samples -> N(0, 1)), then write the model
-        if config.normalize:
-            seqs, source = normalization_set(reference_texts, init_dir, norm_prompts or [e.prompt for e in train_ex],
-                                             tokenizer,
-                                             config, max_len, device)
-            stats = fit_reward_normalization(model, seqs, tokenizer.pad_id, config.eval_batch_size)
-            save_json(out / "normalization.json", {"source": source, **stats})
-            run.logger.log({"step": config.steps, **{f"norm/{k}": v for k, v in stats.items() if k != "n"}})
-        model.save_pretrained(out, tokenizer)
-    run.finish(save)
-    return model
+    objective = RewardTraining(loss_name, config.margin, normalize if config.normalize else None)
+    return train_steps(objective, model, tokenizer, run, config, train_ex, val_ex, loss=loss_name)

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import validate
+from .config import keeps_old_names, validate
 from .data import Ranking
 from .errors import InputError
 from .losses import rrhf_loss, rrhf_sft_loss, sequence_scores
@@ -52,6 +52,7 @@ from .preference_losses import worse_pairs
 from .responses import Joined, collate_responses, encode_prompt_responses, token_logps
 
 
+@keeps_old_names
 @dataclass
 class RRHFConfig(OfflineConfig):
     length_penalty: float = 1.0

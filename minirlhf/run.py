@@ -35,7 +35,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .checkpoint import load_json, save_json
-from .config import apply_overrides, from_dict
+from .config import apply_overrides, current_keys, current_name, from_dict
 from .errors import InputError
 from .plots import plot_run
 from .runtime import is_main_process
@@ -109,7 +109,8 @@ def resume_config(out_dir, trainer: str, config_cls, overrides: list[str], allow
 
 
 def _allowed_keys(allow_changed: str | None, config_cls) -> set[str]:
-    keys = {k.strip().replace("-", "_") for k in (allow_changed or "").split(",") if k.strip()}
+    keys = {current_name(config_cls, k.strip().replace("-", "_")) for k in (allow_changed or "").split(",")
+            if k.strip()}
     fields = [f.name for f in dataclasses.fields(config_cls)]
     unknown = sorted(keys - set(fields))
     if unknown:
@@ -148,7 +149,7 @@ class Run:
     def begin(self, config, tokenizer=None, start: int = 0, **config_extra):
         """Create (or, with --overwrite, empty) --out; write train_config.json (on resume: append the resume to its
         history) and tokenizer.json; open metrics.jsonl, dropping rows after `start`, and the progress bar."""
-        record = self._config_record({**asdict(config), **config_extra}, start)
+        record = self._config_record({**asdict(config), **config_extra}, start, type(config))
         start_out_dir(self.out, self.resume, self.overwrite)
         if is_main_process():
             save_json(self.out / "train_config.json", record)
@@ -158,9 +159,10 @@ class Run:
         self.logger = MetricsLogger(self.out / "metrics.jsonl", enabled=is_main_process())
         self.bar = progress(self.total, start, self.name, self.show_progress and is_main_process())
 
-    def _config_record(self, settings: dict, start: int) -> dict:
+    def _config_record(self, settings: dict, start: int, config_cls) -> dict:
         """train_config.json's new contents: a fresh run's settings, or the record plus this resume (dropping
-        the resumes from `start` on, whose steps are done again) and what it changed. Says which on stdout."""
+        the resumes from `start` on, whose steps are done again) and what it changed (a setting recorded under
+        an old name compared under its new one). Says which on stdout."""
         fresh = {**settings, "trainer": self.name}
         if not self.resume:
             return fresh
@@ -168,7 +170,8 @@ class Run:
             _say(f"{self.name}: no checkpoint in {self.out} yet, starting from {self.step_key} 0")
             return fresh
         record = self.record or fresh  # a train_config.json deleted by hand: the settings given now
-        changed = _changes(recorded_settings(record, self.out / "train_config.json", self.step_key, start), settings)
+        recorded = recorded_settings(record, self.out / "train_config.json", self.step_key, start)
+        changed = _changes(current_keys(config_cls, recorded, warn=False), settings)
         _say(f"{self.name}: resuming from {self.step_key} {start} of {self.total} ({self.ckpt})" +
              "".join(f"; {k} {c['from']} -> {c['to']}" for k, c in changed.items()))
         kept = [e for e in record.get("resumes", []) if e[self.step_key] < start]

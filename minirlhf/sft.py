@@ -8,6 +8,7 @@ CPU: `minirlhf pretrain --text reviews.txt --out runs/lm` (a 4-layer, 256-wide G
 review text in a few minutes). GPU: add `--device cuda` (bf16 autocast) and a bigger preset, e.g.
 `--n_layer=12 --n_embd=768 --n_head=12`. Several processes: `torchrun --nproc_per_node 2 -m minirlhf
 pretrain ...` (runtime.py: each rank samples `batch_size` texts from its own seed; gradients averaged).
+Both are objectives of the step trainer (steps.py), which runs the loop, the validation and the checkpoints.
 
 Supervised fine-tuning on demonstrations: `minirlhf sft --data demos.jsonl --init runs/lm --out runs/sft`
 ({"prompt", "response"} lines; `--device cuda` on a GPU). It runs on offline.py's run with the encoding DPO
@@ -23,27 +24,25 @@ only when the ranks hold as many response tokens each.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from .config import TrainConfig, keeps_old_names, validate
 from .data import Demonstration, train_val_split
+from .errors import InputError
 from .model import GPT, GPTConfig
 from .offline import Objective, OfflineConfig, train_offline
 from .ops import masked_mean
 from .responses import ResponseBatch, collate_responses, encode_prompt_responses, token_logps
-from .optim import clip_grad, lr_at, make_adamw, set_lr
-from .config import TrainConfig, validate
-from .errors import InputError
-from .runtime import (autocast, average_gradients, init_distributed, is_main_process, mean_across_ranks,
-                      rank_seed, resolve_device, seed_everything, sync_params)
 from .run import Run
+from .runtime import autocast, init_distributed, rank_seed, resolve_device, seed_everything, sync_params
+from .steps import RandomBatches, StepObjective, train_steps
 from .tokenizer import Tokenizer
-from .tracking import check_finite
 
 
+@keeps_old_names
 @dataclass
 class PretrainConfig(TrainConfig):
     """Pretraining's fields; the step, optimiser and run fields are config.TrainConfig's."""
@@ -127,13 +126,36 @@ def evaluate_loss(model: GPT, docs: list[list[int]], pad_id: int, device, batch_
     return total / max(count, 1)
 
 
+class Pretraining(StepObjective):
+    """Next-token prediction on whole texts, for the step trainer (steps.py): each step's texts drawn at random,
+    with replacement, from `generator`; the loss and val/loss token means. `forward` is the model the training
+    loss runs (torch.compile's wrapper, sharing the model's parameters; None: the model itself)."""
+    name, prefix = "pretrain", "train"
+
+    def __init__(self, generator: torch.Generator, device, forward=None):
+        self.generator, self.device, self.forward = generator, device, forward
+
+    def batches(self, train, config):
+        return RandomBatches(len(train), config.batch_size, self.generator)
+
+    def loss(self, model, batch, pad_id):
+        ids = collate(batch, pad_id).to(self.device)
+        with autocast(self.device):
+            loss = lm_loss(self.forward or model, ids, pad_id)
+        return loss, {"train/loss": loss.detach()}
+
+    def validate(self, model, examples, pad_id, batch_size):
+        return {"val/loss": evaluate_loss(model, examples, pad_id, self.device, batch_size)}
+
+
 def pretrain(texts: list[str], out_dir, config: PretrainConfig, tokenizer: Tokenizer | None = None,
              resume: bool = False, overwrite: bool = False, show_progress: bool = True):
     """Train a tokenizer (unless given) and a GPT on `texts`; write a self-contained model directory.
 
     Returns (model, tokenizer). The directory holds config.json, model.safetensors, tokenizer.json,
     metrics.jsonl (one row per step), plots/ and checkpoints/ for --resume. Nothing is written (and
-    with --overwrite nothing is deleted) before every input has been checked.
+    with --overwrite nothing is deleted) before every input has been checked. Metrics: train/loss,
+    train/grad_norm, train/lr and, every eval_every steps, val/loss.
     """
     if not texts:
         raise InputError("no texts to train on")
@@ -153,39 +175,15 @@ def pretrain(texts: list[str], out_dir, config: PretrainConfig, tokenizer: Token
     model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, n_layer=config.n_layer, n_head=config.n_head,
                           n_embd=config.n_embd, block_size=config.block_size, dropout=config.dropout)).to(device)
     sync_params(model)
-    optimizer = make_adamw(model, config.lr, config.weight_decay)
-    start, _ = run.restore({"model": model}, optimizer, {"data": gen})
-    run.begin(config, tokenizer, start)
-    model.train()
-    forward = torch.compile(model) if config.compile else model  # shares its parameters with `model`
-    t0 = time.time()
-    for step in range(start, config.steps):
-        lr = lr_at(step, config.steps, config.lr, config.warmup_steps, "cosine", config.min_lr_ratio)
-        set_lr(optimizer, lr)
-        idx = torch.randint(len(train_docs), (config.batch_size,), generator=gen).tolist()
-        ids = collate([train_docs[i] for i in idx], tokenizer.pad_id).to(device)
-        with autocast(device):
-            loss = lm_loss(forward, ids, tokenizer.pad_id)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        average_gradients(model)                      # torchrun: the mean gradient over ranks
-        grad_norm = clip_grad(model, config.grad_clip)
-        row = mean_across_ranks({"step": step + 1, "train/loss": loss.item(), "train/grad_norm": grad_norm,
-                                 "train/lr": lr, "time/elapsed_s": time.time() - t0})
-        check_finite(row, step + 1, ["train/loss", "train/grad_norm"])  # before the step: no NaN update
-        optimizer.step()
-        if val_docs and is_main_process() and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps):
-            row["val/loss"] = evaluate_loss(model, val_docs, tokenizer.pad_id, device, config.eval_batch_size)
-        run.log(row, loss=f"{row['train/loss']:.3f}")
-        run.maybe_checkpoint(step + 1)
-    model.eval()
-    run.finish(lambda: model.save_pretrained(run.out, tokenizer))
-    return model, tokenizer
+    forward = torch.compile(model) if config.compile else None   # shares its parameters with `model`
+    objective = Pretraining(gen, device, forward)
+    return train_steps(objective, model, tokenizer, run, config, train_docs, val_docs), tokenizer
 
 
 # ---------------------------------------------------------------- supervised fine-tuning on demonstrations
 
 
+@keeps_old_names
 @dataclass
 class SFTConfig(OfflineConfig):
     lr: float = 3e-4

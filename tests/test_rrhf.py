@@ -13,10 +13,10 @@ from conftest import check_resume_equals_an_unbroken_run
 from minirlhf import GPT
 from minirlhf.data import Ranking
 from minirlhf.errors import InputError
-from minirlhf.offline import evaluate
 from minirlhf.ranks import scores_to_ranks
 from minirlhf.reward_eval import pair_stats
 from minirlhf.rrhf import RRHF, RRHFConfig, group_rows, pair_accuracy, select_responses, train_rrhf
+from minirlhf.steps import validation_means
 from minirlhf.tracking import read_metrics
 
 
@@ -91,9 +91,9 @@ def test_pair_accuracy_agrees_with_the_reward_model_pair_stats():
 def test_a_tiny_run_learns_to_order_held_out_candidates_by_reward(init_dir, tok, tmp_path):
     config = RRHFConfig(steps=60, batch_size=8, lr=1e-3, warmup_steps=0, val_fraction=0.0)
     held_out = RRHF(config).encode(a_share_rankings(40, 1), tok, 32)
-    before = evaluate(RRHF(config), GPT.from_pretrained(init_dir), held_out, tok.pad_id, 64)
+    before = validation_means(RRHF(config), GPT.from_pretrained(init_dir), held_out, tok.pad_id, 64)
     model = train_rrhf(a_share_rankings(120, 0), init_dir, tmp_path / "out", config, show_progress=False)
-    after = evaluate(RRHF(config), model, held_out, tok.pad_id, 64)
+    after = validation_means(RRHF(config), model, held_out, tok.pad_id, 64)
     assert after["val/accuracy"] >= 0.85 and after["val/accuracy"] > before["val/accuracy"] + 0.2
     assert after["val/rank_loss"] < before["val/rank_loss"] / 3
     rows = metrics(tmp_path / "out")
