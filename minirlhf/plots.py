@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _figure(**kwargs):
+def figure(**kwargs):
+    """A bare matplotlib `Figure(**kwargs)` (no pyplot): what every plot here, and every recipe's, draws on."""
     from matplotlib.figure import Figure
     return Figure(**kwargs)
 
@@ -21,7 +22,7 @@ def plot_metrics(rows: list[dict], keys: list[str], path, x_key: str = "step", t
         return None
     cols = min(3, len(keys))
     nrows = (len(keys) + cols - 1) // cols
-    fig = _figure(figsize=(4.2 * cols, 3 * nrows))
+    fig = figure(figsize=(4.2 * cols, 3 * nrows))
     axes = fig.subplots(nrows, cols, squeeze=False)
     for ax, key in zip(axes.flat, keys):
         pts = [(r[x_key], r[key]) for r in rows if key in r and x_key in r and r[key] is not None]

@@ -27,22 +27,22 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-
 from ..checkpoint import load_json, save_json
 from ..config import validate
 from ..dpo import DPOConfig, train_dpo
 from ..errors import InputError
-from ..evaluation import best_of_n, summary
 from ..grpo import GRPOConfig, RLOOConfig, train_grpo
-from ..plots import _figure, save_figure
+from ..plots import figure, save_figure
 from ..ppo import train_ppo
 from ..responses import make_preferences
 from ..rrhf import RRHFConfig, train_rrhf
 from ..runtime import machine
 from . import reviews
-from .demo_report import evaluate, judge_stats, print_header
-from .sentiment_zh import DemoConfig, check_out_dir, prepare, quick_config
-from .stages import StagedConfig, mark_done, stage_digest
+from .demo_config import DemoConfig, quick_config
+from .demo_report import print_header
+from .evaluator import Evaluator, eval_steps
+from .shared_stages import Prepared, check_out_dir, prepare
+from .stages import StagedConfig, mark_done, stage_digest, stage_record
 
 METHODS = ("ppo", "grpo", "rloo", "dpo", "rrhf", "best_of_n")
 
@@ -120,52 +120,29 @@ def quick_compare_config() -> CompareConfig:
                    preference_prompts=32, best_of_n="1,2,4", eval_points=2, eval_samples=2)
 
 
-# ---------------------------------------------------------------------------------------------- evaluation
-
-def point(x: int, stats: dict) -> dict:
-    """One point of a method's curve: where it is in training (x) and what the evaluation measured."""
-    keep = ("reward", "kl", "judge_positive_rate", "judge_positive_rate_response", "distinct_2")
-    return {"x": x, **{k: round(float(stats[k]), 4) for k in keep}}
-
-
-class Evaluator:
-    """The same evaluation for every policy: eval_samples of each pool prompt, one seed for every point."""
-
-    SEED = 10_000
-
-    def __init__(self, prep, demo: DemoConfig, eval_samples: int):
-        self.prep, self.demo, self.eval_samples = prep, demo, eval_samples
-        self._start = None
-
-    def start(self) -> dict:
-        """The reference's point (x = 0), where every trained method's curve starts: evaluated once, since the
-        evaluation's seed is fixed it would come out the same for each."""
-        if self._start is None:
-            self._start = self(self.prep.sft, 0)
-        return dict(self._start)
-
-    def __call__(self, policy, x: int) -> dict:
-        p = self.prep
-        stats, _, _ = evaluate(policy, p.sft, p.rm, p.tokenizer, reviews.POOL, self.eval_samples, self.demo, self.SEED)
-        return point(x, stats)
-
-    def best_of_n(self, n: int) -> dict:
-        p = self.prep
-        s = best_of_n(p.sft, p.rm, p.tokenizer, reviews.POOL, self.eval_samples, n, self.demo.ppo.max_new_tokens,
-                      seed=self.SEED)
-        return point(n, summary(s) | judge_stats(s.prompts, s.responses))   # s.kl: the bound, on every sample
-
-
 # ---------------------------------------------------------------------------------------------- the methods
 
-def run_method(name: str, out: Path, config: CompareConfig, prep, evaluator: Evaluator, upstream: str,
+def method_config(name: str, config: CompareConfig):
+    """The trainer config method `name` runs with (the demo's ppo stage for ppo; None for best-of-n)."""
+    if name == "best_of_n":
+        return None
+    return config.stage("demo").stage("ppo") if name == "ppo" else config.stage(name)
+
+
+def method_settings(name: str, config: CompareConfig) -> dict:
+    """What a method's stage hash covers (on top of the reward stage's): its config, its evaluation, its data."""
+    cfg = method_config(name, config)
+    return {"method": name, "config": stage_record(cfg) if cfg is not None else config.best_of_n,
+            "eval": [config.eval_points, config.eval_samples],
+            "preferences": [config.preference_prompts, config.preference_k] if name in ("dpo", "rrhf") else None}
+
+
+def run_method(name: str, out: Path, config: CompareConfig, prep: Prepared, evaluator: Evaluator, upstream: str,
                show_progress: bool) -> dict:
     """Train (or reuse, when its settings are unchanged) one method; its curve and seconds."""
     method_dir = out / name
-    cfg = config.stage("demo").stage("ppo") if name == "ppo" else (None if name == "best_of_n" else config.stage(name))
-    settings = {"method": name, "config": asdict(cfg) if cfg is not None else config.best_of_n,
-                "eval": [config.eval_points, config.eval_samples],
-                "preferences": [config.preference_prompts, config.preference_k] if name in ("dpo", "rrhf") else None}
+    cfg = method_config(name, config)
+    settings = method_settings(name, config)
     digest = stage_digest(upstream, settings)
     if not prep.stages.must_run(method_dir, digest, settings):
         return load_json(method_dir / "curve.json")
@@ -202,14 +179,7 @@ def run_method(name: str, out: Path, config: CompareConfig, prep, evaluator: Eva
     return result
 
 
-def eval_steps(total: int, points: int) -> set[int]:
-    """About `points` steps in 1 … total, log-spaced and always including the last: 100, 8 -> 1 2 4 7 14 27 52 100."""
-    if points == 1:
-        return {total}
-    return {round(total ** (i / (points - 1))) for i in range(points)} | {total}
-
-
-def preferences(out: Path, config: CompareConfig, prep):
+def preferences(out: Path, config: CompareConfig, prep: Prepared):
     """Pairs (best vs worst) and rankings (all k) from sft's samples ranked by the reward model, made once."""
     if prep.preferences is None:
         demo = config.stage("demo")
@@ -265,7 +235,7 @@ def table(results: dict) -> str:
 
 def plot_frontier(results: dict, path):
     """Reward-model score and judge positive rate against KL to sft: one line per method, in training order."""
-    fig = _figure(figsize=(11, 4.2))
+    fig = figure(figsize=(11, 4.2))
     axes = fig.subplots(1, 2)
     for name, r in results.items():
         xs = [p["kl"] for p in r["curve"]]

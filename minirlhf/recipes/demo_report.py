@@ -1,65 +1,35 @@
-"""The demo's before/after evaluation: the reward model's score, KL to the reference, distinct-2, and snownlp's
-independent judge, on the prompt pool and on held-out review openings; report.json, samples.md and plots/.
+"""The demo's report: its before/after evaluation (the reference policy vs the PPO policy, and the pretrained
+model, on the prompt pool and on held-out review openings, judged as evaluator.py says) into report.json,
+samples.md and plots/; and the printed summary, whose first lines (print_header) every recipe shares.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import torch
 
 from ..checkpoint import load_json
-from ..evaluation import sample_and_score, score_texts, summary
-from ..model import RewardModel
 from ..plots import plot_run
 from ..runtime import describe_machine
 from ..tracking import read_metrics
 from . import reviews
-
-if TYPE_CHECKING:
-    from .sentiment_zh import DemoConfig
-
-
-def judge_stats(prompts: list[str], responses: list[str]) -> dict:
-    """snownlp's judge on prompt + response, and on the response alone (stricter: the prompt's words don't count)."""
-    judged = reviews.judge_positive([p + r for p, r in zip(prompts, responses)])
-    judged_response = reviews.judge_positive(responses)
-    rate = lambda js: sum(j > 0.5 for j in js) / len(js)  # noqa: E731
-    return {"judge_positive_rate": rate(judged), "judge_positive_rate_response": rate(judged_response),
-            "judge_mean": sum(judged) / len(judged), "judged": judged}
+from .demo_config import DemoConfig
+from .evaluator import sample_and_judge
 
 
-def evaluate(policy, ref, reward, tokenizer, prompts, n, config, seed):
-    s = sample_and_score(policy, ref, reward, tokenizer, prompts, n, config.ppo.max_new_tokens, seed=seed)
-    judge = judge_stats(s.prompts, s.responses)
-    judged = judge.pop("judged")
-    return summary(s) | judge, s, judged
-
-
-@torch.no_grad()
-def reward_accuracy(reward_dir, tokenizer, data, config, device) -> dict:
-    """Held-out (test split) pairwise accuracy: P[r(pos) > r(neg)] over aligned test pairs."""
-    rm = RewardModel.from_pretrained(reward_dir).to(device).eval()
-    n = min(len(data.test_pos), len(data.test_neg))
-    score = lambda texts: score_texts(rm, tokenizer, [t[:config.max_chars] for t in texts[:n]])  # noqa: E731
-    pos, neg = score(data.test_pos), score(data.test_neg)
-    return {"test_pairs": n, "test_accuracy": (pos > neg).float().mean().item()}
-
-
-def evaluate_run(out: Path, config: DemoConfig, data, tokenizer, sft, policy, rm, pretrained=None) -> dict:
+def build_report(out: Path, config: DemoConfig, data, tokenizer, sft, policy, rm, pretrained=None) -> dict:
     """Before (the reference policy, sft) vs after (the RL policy) on the pool and on held-out prompts, and the
     pretrained model before SFT when there is one; samples.md and plots/. KL is always to the reference."""
     heldout = reviews.opening_prompts(data.test_pos + data.test_neg, config.heldout_prompts, config.seed)
     models = {"pretrained": pretrained, "before": sft, "after": policy}
     models = {k: m for k, m in models.items() if m is not None}
+    n_new = config.ppo.max_new_tokens
     res, done = {}, {}   # done: by model, so that one model under two names (no SFT stage) is evaluated once
     for name, model in models.items():
         if id(model) not in done:
             done[id(model)] = (
-                evaluate(model, sft, rm, tokenizer, reviews.POOL, config.eval_samples, config, 10_000),
-                evaluate(model, sft, rm, tokenizer, heldout, config.heldout_samples, config, 20_000))
+                sample_and_judge(model, sft, rm, tokenizer, reviews.POOL, config.eval_samples, n_new, 10_000),
+                sample_and_judge(model, sft, rm, tokenizer, heldout, config.heldout_samples, n_new, 20_000))
         res[name, "pool"], res[name, "heldout"] = done[id(model)]
     pick = lambda split, key: {w: round(res[w, split][0][key], 4) for w in models}  # noqa: E731
     report = {
@@ -85,6 +55,8 @@ def evaluate_run(out: Path, config: DemoConfig, data, tokenizer, sft, policy, rm
 
 
 def write_samples(path: Path, res: dict, prompts: list[str], per_prompt: int = 3):
+    """samples.md: a few samples of each prompt before and after PPO, with the judge's and the reward model's
+    figures (`res`: build_report's sample_and_judge results by (model, split))."""
     lines = ["# Samples before and after PPO", "",
              "Same prompts; before is the reference policy (after SFT, when the demo ran it), after is the PPO policy; "
              "`judge` is snownlp's positive probability of prompt + response, `r` the reward model.", "",
@@ -103,6 +75,7 @@ def write_samples(path: Path, res: dict, prompts: list[str], per_prompt: int = 3
 
 
 def write_plots(out: Path):
+    """metrics.jsonl (PPO's rows with the judge curve merged in, by iteration) and its plots/."""
     rows = read_metrics(out / "policy" / "metrics.jsonl")
     curve_path = out / "policy" / "judge_curve.jsonl"
     curve = read_metrics(curve_path) if curve_path.exists() else []

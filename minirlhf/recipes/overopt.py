@@ -24,13 +24,14 @@ import torch
 
 from ..checkpoint import save_json
 from ..config import validate
-from ..plots import _figure, save_figure
+from ..plots import figure, save_figure
 from ..ppo import train_ppo
 from ..runtime import machine
 from . import reviews
-from .compare import Evaluator, eval_steps
-from .demo_report import evaluate, print_header
-from .sentiment_zh import DemoConfig, check_out_dir, prepare, quick_config
+from .demo_config import DemoConfig, quick_config
+from .demo_report import print_header
+from .evaluator import Evaluator, eval_steps
+from .shared_stages import check_out_dir, prepare
 from .stages import StagedConfig
 
 
@@ -96,7 +97,7 @@ def run_overoptimization(out_dir="runs/overopt", config: OveroptConfig = Overopt
                         overwrite=True, show_progress=show_progress, on_iteration=on_iteration)
     samples = {}  # what the over-optimised policy writes, and what both judges make of it
     for name, policy in (("start", prep.sft), ("end", trainer.policy)):
-        _, s, judged = evaluate(policy, prep.sft, prep.rm, prep.tokenizer, reviews.POOL, 2, demo, Evaluator.SEED)
+        _, s, judged = evaluator.samples(policy, 2)
         samples[name] = [{"prompt": p, "response": r, "reward": round(x, 3), "judge": round(j, 3)}
                          for p, r, x, j in zip(s.prompts, s.responses, s.rewards, judged)]
     for p in curve:
@@ -115,7 +116,7 @@ def run_overoptimization(out_dir="runs/overopt", config: OveroptConfig = Overopt
 def plot_overoptimization(curve: list[dict], fits: dict, path):
     """Proxy reward and gold (judge) rate against √KL, with Gao et al.'s fitted R(d) = d(α − β log d), and
     distinct-2: the diversity neither of them reads."""
-    fig = _figure(figsize=(15, 4.2))
+    fig = figure(figsize=(15, 4.2))
     axes = fig.subplots(1, 3)
     d = [p["sqrt_kl"] for p in curve]
     grid = [max(d) * i / 100 for i in range(1, 101)] if max(d) > 0 else []

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from ..checkpoint import load_json, save_json
+from ..config import renamed_keys
 
 
 class StagedConfig:
@@ -24,6 +25,13 @@ class StagedConfig:
     def stage(self, name: str):
         """The config stage `name` runs with: its own, with the recipe's seed and device."""
         return replace(getattr(self, name), seed=self.seed, device=self.device)
+
+
+def stage_record(config) -> dict:
+    """A stage's config as its hash and stage.json record it: asdict(config), a renamed setting under its old name
+    (config.py's `renamed`), so that renaming a setting changes no hash and re-trains no finished stage."""
+    old = {new: name for name, new in renamed_keys(type(config)).items()}
+    return {old.get(k, k): v for k, v in asdict(config).items()}
 
 
 def stage_digest(upstream: str, part) -> str:
