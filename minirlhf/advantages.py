@@ -18,6 +18,9 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
                mask: torch.Tensor | None = None) -> torch.Tensor:
     """Per-token estimate of KL(π ‖ π_ref) from tokens sampled from π (http://joschu.net/blog/kl-approx.html).
 
+    It returns the estimate, not the penalty: the penalty is β × it, subtracted from the reward in PPO's shaping
+    and RLOO's score, or added to the loss in GRPO. (The name is the one TRL and the papers' code use.)
+
     With log r = log π_ref − log π:
       k1 = −log r                 unbiased, high variance, can be negative per token (the default, as in
                                   lm-human-preferences and TRL)
@@ -90,22 +93,23 @@ class FixedKLController:
     def __init__(self, kl_coef: float):
         self.kl_coef = kl_coef
 
-    def update(self, current_kl: float, n_steps: int):
+    def update(self, current_kl: float, n_samples: int):
         pass
 
 
 class AdaptiveKLController:
     """Ziegler et al. 2019: β ← β·(1 + clip((KL − target)/target, −0.2, 0.2)·n/horizon).
 
-    KL is the mean over sequences of the summed per-token KL; n is the number of samples this update.
+    KL is the mean over sequences of the summed per-token KL; n is the number of samples this update (all ranks'),
+    and the horizon is counted in samples too (lm-human-preferences' `horizon`, TRL's).
     """
 
     def __init__(self, init_kl_coef: float, target: float, horizon: int):
         self.kl_coef, self.target, self.horizon = init_kl_coef, target, horizon
 
-    def update(self, current_kl: float, n_steps: int):
+    def update(self, current_kl: float, n_samples: int):
         error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
-        self.kl_coef *= 1.0 + error * n_steps / self.horizon
+        self.kl_coef *= 1.0 + error * n_samples / self.horizon
 
 
 def explained_variance(values, returns, mask) -> float:

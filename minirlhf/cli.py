@@ -131,24 +131,17 @@ def cmd_sample(args, overrides):
         print(shown + text)
 
 
-def cmd_ppo(args, overrides):
+def cmd_online(args, overrides):
+    """ppo, grpo (--algo rloo: RLOOConfig's defaults): load --prompts, RL-train from --init against --reward with
+    the parser's `train`, save to --out."""
     from .data import load_prompts
-    from .ppo import train_ppo
-    config = _config_from_args(args, overrides)
-    prompts = load_prompts(args.prompts)
-    train_ppo(prompts, args.init, args.reward, args.out, config, resume=args.resume, overwrite=args.overwrite)
-    _done(f"saved policy to {args.out}")
-
-
-def cmd_grpo(args, overrides):
-    from .data import load_prompts
-    from .grpo import RLOOConfig, train_grpo
-    if args.algo == "rloo":
+    from .grpo import RLOOConfig
+    if getattr(args, "algo", None) == "rloo":
         args.config_cls = RLOOConfig  # the same fields, RLOO's defaults (k1 KL in the reward)
     config = _config_from_args(args, overrides)
-    prompts = load_prompts(args.prompts)
-    train_grpo(prompts, args.init, args.reward, args.out, config, resume=args.resume, overwrite=args.overwrite)
-    _done(f"saved {args.algo} policy to {args.out}")
+    args.train(load_prompts(args.prompts), args.init, args.reward, args.out, config, resume=args.resume,
+               overwrite=args.overwrite)
+    _done(f"saved {getattr(args, 'algo', args.command).upper()} policy to {args.out}")
 
 
 def cmd_reward(args, overrides):
@@ -167,14 +160,10 @@ def cmd_reward(args, overrides):
 # ---------------------------------------------------------------- the offline trainers: DPO, RRHF, SFT
 
 def cmd_offline(args, overrides):
-    """dpo, rrhf, sft: load --data (pairs, rankings, demonstrations), train from --init, save to --out."""
-    import importlib
-
-    from . import data
-    load = {"dpo": data.load_pairs, "rrhf": data.load_rankings, "sft": data.load_demonstrations}[args.command]
-    train = getattr(importlib.import_module(f".{args.command}", __package__), f"train_{args.command}")
+    """dpo, rrhf, sft: load --data (pairs, rankings, demonstrations: the parser's `load`), train from --init with
+    the parser's `train`, save to --out."""
     config = _config_from_args(args, overrides)
-    train(load(args.data), args.init, args.out, config, resume=args.resume, overwrite=args.overwrite)
+    args.train(args.load(args.data), args.init, args.out, config, resume=args.resume, overwrite=args.overwrite)
     _done(f"saved {args.command.upper()} policy to {args.out}")
 
 
@@ -248,24 +237,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile the one-token step: faster per token, after tens of seconds of compiling")
     p.set_defaults(fn=cmd_sample)
 
-    from .ppo import PPOConfig
-    p = _training_parser(sub, "ppo", "RL-train a policy with PPO against a reward model", PPOConfig,
-                         length_flag="iterations")
-    p.add_argument("--prompts", required=True, help='a .jsonl file of {"prompt": ...} lines')
-    p.add_argument("--init", required=True, help="the pretrained policy directory (also the frozen reference)")
-    p.add_argument("--reward", required=True, help="the reward model directory")
-    p.set_defaults(fn=cmd_ppo)
-
-    from .grpo import GRPOConfig
-    p = _training_parser(sub, "grpo", "RL-train a policy with GRPO or RLOO (a group of responses per prompt, no "
-                         "critic) against a reward model", GRPOConfig, length_flag="iterations")
-    p.add_argument("--algo", choices=("grpo", "rloo"), default="grpo",
-                   help="grpo: group-normalised advantages, k3 KL loss term; rloo: leave-one-out baseline, "
-                        "k1 KL in the reward (default kl_estimator=k1) (default: grpo)")
-    p.add_argument("--prompts", required=True, help='a .jsonl file of {"prompt": ...} lines')
-    p.add_argument("--init", required=True, help="the pretrained policy directory (also the frozen reference)")
-    p.add_argument("--reward", required=True, help="the reward model directory")
-    p.set_defaults(fn=cmd_grpo)
+    # -- the online trainers: PPO, GRPO and RLOO (the policy learns from its own samples) --
+    from .grpo import GRPOConfig, train_grpo
+    from .ppo import PPOConfig, train_ppo
+    for name, help, config_cls, train in (
+            ("ppo", "RL-train a policy with PPO against a reward model", PPOConfig, train_ppo),
+            ("grpo", "RL-train a policy with GRPO or RLOO (a group of responses per prompt, no critic) against a "
+                     "reward model", GRPOConfig, train_grpo)):
+        p = _training_parser(sub, name, help, config_cls, length_flag="iterations")
+        if name == "grpo":
+            p.add_argument("--algo", choices=("grpo", "rloo"), default="grpo",
+                           help="grpo: group-normalised advantages, k3 KL loss term; rloo: leave-one-out baseline, "
+                                "k1 KL in the reward (default kl_estimator=k1) (default: grpo)")
+        p.add_argument("--prompts", required=True, help='a .jsonl file of {"prompt": ...} lines')
+        p.add_argument("--init", required=True, help="the pretrained policy directory (also the frozen reference)")
+        p.add_argument("--reward", required=True, help="the reward model directory")
+        p.set_defaults(fn=cmd_online, train=train)
 
     from .reward import LOSSES, RewardConfig
     p = _training_parser(sub, "reward", "train a reward model on preference pairs or rankings", RewardConfig)
@@ -277,26 +264,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_reward)
 
     # -- the offline trainers: DPO, RRHF, SFT on demonstrations (the policy learns from fixed responses) --
-    from .dpo import DPOConfig
+    from . import data
+    from .dpo import DPOConfig, train_dpo
     p = _training_parser(sub, "dpo", "train a policy on preference pairs with DPO (no reward model, no sampling)",
                          DPOConfig)
     p.add_argument("--data", required=True, help="a .jsonl file of pairs {prompt, chosen, rejected}")
     p.add_argument("--init", required=True, help="the pretrained policy directory (also the frozen reference)")
-    p.set_defaults(fn=cmd_offline)
+    p.set_defaults(fn=cmd_offline, load=data.load_pairs, train=train_dpo)
 
-    from .rrhf import RRHFConfig
+    from .rrhf import RRHFConfig, train_rrhf
     p = _training_parser(sub, "rrhf", "train a policy on ranked responses with RRHF (ranking loss + SFT on the best)",
                          RRHFConfig)
     p.add_argument("--data", required=True, help="a .jsonl file of rankings {query, responses, scores[, sources]}")
     p.add_argument("--init", required=True, help="the pretrained policy directory")
-    p.set_defaults(fn=cmd_offline)
+    p.set_defaults(fn=cmd_offline, load=data.load_rankings, train=train_rrhf)
 
-    from .sft import SFTConfig
+    from .sft import SFTConfig, train_sft
     p = _training_parser(sub, "sft", "fine-tune a policy on {prompt, response} demonstrations (loss on the "
                          "response tokens only)", SFTConfig)
     p.add_argument("--data", required=True, help='a .jsonl file of {"prompt": ..., "response": ...} lines')
     p.add_argument("--init", required=True, help="the pretrained policy directory")
-    p.set_defaults(fn=cmd_offline)
+    p.set_defaults(fn=cmd_offline, load=data.load_demonstrations, train=train_sft)
 
     from .recipes import compare, overopt, sentiment_zh
     from .recipes.demo_report import print_report

@@ -5,9 +5,11 @@ One iteration of `GRPOTrainer.step(prompts)`:
     2. advantages  one per response, from its group of G (advantages.py):
                      GRPO (Shao et al. 2024)     A_i = (r_i − mean_G r) / (std_G r + ε)
                      RLOO (Ahmadian et al. 2024) R_i = r_i − β Σ_t KL_t,  A_i = R_i − mean_{j≠i} R_j
-    3. update      epochs × num_minibatches of PPO's clipped per-token objective, A_i broadcast over
+    3. update      ppo_epochs × num_minibatches of PPO's clipped per-token objective, A_i broadcast over
                    the tokens of response i; GRPO adds β·KL_t (k3, a loss term with gradient):
                      loss = agg_t( −min(ρ_t A_i, clip(ρ_t, 1−ε, 1+ε_high) A_i) + β·k3_t )   (no term at β = 0)
+The iteration itself is online.OnlineTrainer.step, as PPO's; this file is what GRPO and RLOO change: a group of
+responses per prompt, advantages from the group, and (GRPO) the KL as a loss term.
 
 Where the KL goes is the difference that matters. GRPO keeps the reward pure and pulls the policy back
 with a k3 term in the loss (k3 = π_ref/π − log(π_ref/π) − 1 ≥ 0: an unbiased, low-variance estimate of
@@ -25,29 +27,30 @@ ratio 1 the loss is −mean(A), and group-centred advantages average to about ze
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from .advantages import GROUP_SCALES, group_advantages, kl_penalty, rloo_advantages
-from .config import validate
+from .config import keeps_old_names, validate
 from .errors import InputError
 from .losses import ppo_policy_loss
 from .model import GPT
 from .online import OnlineConfig, OnlineTrainer, train_online
-from .ops import AGGREGATIONS, aggregation_count, masked_aggregate
-from .optim import minibatch_update
+from .ops import AGGREGATIONS, masked_aggregate
 from .rollout import PolicyLogprobs, Rollout
-from .runtime import autocast, sync_params
+from .runtime import autocast
 
 
+@keeps_old_names
 @dataclass
 class GRPOConfig(OnlineConfig):
     """GRPO's fields; the ones every online trainer shares are OnlineConfig's. `batch_size` counts responses:
     batch_size / group_size prompts per iteration."""
     group_size: int = 4
     """G, responses sampled per prompt (at least 2: the baseline of one sample is itself)."""
-    epochs: int = 1
-    """Passes over each rollout batch (TRL's num_iterations; 1 = every update is on-policy)."""
+    ppo_epochs: int = 1
+    """Passes over each rollout batch (μ in the GRPO paper, TRL's num_iterations; 1 = every update is on-policy)."""
     kl_coef: float = 0.05
     """β: weight of the KL to the reference (GRPO: of the k3 loss term; RLOO: in the reward)."""
     kl_estimator: str = "k3"
@@ -65,10 +68,11 @@ class GRPOConfig(OnlineConfig):
     GRPO, length-biased) or dr_grpo (sum / (B · max_new_tokens))."""
 
     algo = "grpo"  # a class attribute, not a setting: `minirlhf grpo --algo rloo` picks RLOOConfig
+    renamed: ClassVar[dict[str, str]] = {"epochs": "ppo_epochs"}  # old names, still read (FutureWarning)
 
     def __post_init__(self):
         super().__post_init__()
-        validate(self, positive=("epochs", "cliprange"),
+        validate(self, positive=("cliprange",),
                  choices={"scale_rewards": GROUP_SCALES, "loss_aggregation": AGGREGATIONS})
         if self.algo == "grpo" and self.kl_estimator == "k1":
             raise InputError("--kl_estimator=k1: as GRPO's loss term k1 = log π − log π_ref has zero expected "
@@ -84,10 +88,11 @@ class GRPOConfig(OnlineConfig):
             raise InputError(f"--cliprange_high must be > 0, got {self.cliprange_high}")
 
     @property
-    def prompts_per_iteration(self) -> int:
-        return self.batch_size // self.group_size
+    def samples_per_prompt(self) -> int:
+        return self.group_size
 
 
+@keeps_old_names
 @dataclass
 class RLOOConfig(GRPOConfig):
     """RLOO: the same fields; the KL goes into the reward (k1, as PPO's shaping) and the baseline is the
@@ -99,25 +104,20 @@ class RLOOConfig(GRPOConfig):
 
 
 class GRPOTrainer(OnlineTrainer):
-    """GRPO or RLOO (by `config.algo`) on a GPT policy against a RewardModel or any fn(sequences, mask)."""
+    """GRPO or RLOO (by `config.algo`) on a GPT policy against a RewardModel or any fn(sequences, mask):
+    OnlineTrainer's iteration on groups of `group_size` responses, without a critic."""
 
     def __init__(self, policy: GPT, ref_policy: GPT, reward, config: GRPOConfig,
                  generator: torch.Generator | None = None):
-        self.model = PolicyLogprobs(policy)
-        sync_params(self.model)   # torchrun: every rank starts from rank 0's weights
-        self.model.eval()         # dropout off (gradients still flow): the first ratio is 1 (to rounding)
-        self.freeze(ref_policy, reward)
-        self.ref_policy, self.reward = ref_policy, reward
-        super().__init__(config, generator)
-        self.prefix = config.algo
+        super().__init__(PolicyLogprobs(policy), ref_policy, reward, config, generator)
 
     @property
-    def policy(self) -> GPT:
-        return self.model.policy
+    def loss_keys(self):
+        return (f"{self.prefix}/loss",)
 
     @property
-    def guard_keys(self):
-        return ("env/reward_mean", "objective/kl", f"{self.prefix}/loss", f"{self.prefix}/grad_norm")
+    def aggregation(self) -> str:
+        return self.config.loss_aggregation
 
     def modules(self) -> dict:
         return {"policy": self.model}
@@ -130,6 +130,11 @@ class GRPOTrainer(OnlineTrainer):
         if c.algo == "rloo":
             return kl, rloo_advantages(ro.scores - kl_coef * kl.sum(-1), c.group_size)
         return kl, group_advantages(ro.scores, c.group_size, c.scale_rewards)
+
+    def advantage_stats(self, ro: Rollout, kl, kl_coef: float, advantages) -> dict:
+        groups = ro.scores.view(-1, self.config.group_size)
+        return {f"{self.prefix}/advantages_abs_mean": advantages.abs().mean().item(),
+                f"{self.prefix}/zero_std_frac": (groups.max(1).values == groups.min(1).values).float().mean().item()}
 
     # ------------------------------------------------------------ 3. update
     def loss(self, mb: Rollout, advantages, kl_coef: float):
@@ -149,41 +154,11 @@ class GRPOTrainer(OnlineTrainer):
         stats = {f"{self.prefix}/{k}": v for k, v in stats.items()}
         return loss, {f"{self.prefix}/loss": loss.detach(), **out, **stats}
 
-    def update(self, ro: Rollout, advantages, kl_coef: float) -> dict:
-        c, p = self.config, self.prefix
-        stats = minibatch_update(
-            self.model, self.optimizer, ro.sequences.shape[0],
-            lambda idx: self.loss(ro.minibatch(idx), advantages[idx], kl_coef),
-            count_fn=lambda idx: aggregation_count(ro.response_mask[idx], c.loss_aggregation),
-            epochs=c.epochs, num_minibatches=c.num_minibatches, accumulation_steps=c.gradient_accumulation_steps,
-            max_grad_norm=c.max_grad_norm, generator=self.generator, iteration=self.iteration + 1,
-            guard=(f"{p}/loss",), grad_norm_key=f"{p}/grad_norm")
-        return {k: torch.stack(v).float().mean().item() for k, v in stats.items()} | {
-            f"{p}/first_ratio_mean": stats[f"{p}/ratio_mean"][0].item(),
-            f"{p}/first_approx_kl": stats[f"{p}/approx_kl"][0].item()}
-
-    # ------------------------------------------------------------ one iteration
-    def step(self, prompts: list[list[int]]) -> dict:
-        """One iteration on `prompts` (distinct prompts: each is sampled group_size times)."""
-        c = self.config
-        self.begin_iteration()
-        with self.timer("time/rollout_s"):
-            ro = self.rollout([p for p in prompts for _ in range(c.group_size)])
-        self.check_reward(ro.scores)
-        kl_coef = self.kl_ctl.kl_coef
-        kl, advantages = self.advantages(ro, kl_coef)
-        with self.timer("time/update_s"):
-            stats = self.update(ro, advantages, kl_coef)
-        kl_per_seq = kl.sum(-1).mean().item()
-        self.end_iteration(kl_per_seq, ro.sequences.shape[0])
-        groups = ro.scores.view(-1, c.group_size)
-        return self.metrics(ro, kl_per_seq, kl_coef, {
-            f"{self.prefix}/advantages_abs_mean": advantages.abs().mean().item(),
-            f"{self.prefix}/zero_std_frac": (groups.max(1).values == groups.min(1).values).float().mean().item(),
-            **stats})
-
-    def save(self, out_dir, tokenizer):
-        self.policy.save_pretrained(out_dir, tokenizer)
+    def update(self, ro: Rollout, advantages, kl_coef: float | None = None) -> dict:
+        """ppo_epochs × num_minibatches optimizer steps of `loss` over the rollout (OnlineTrainer.optimize);
+        kl_coef: β of GRPO's KL term, None for the controller's current β."""
+        kl_coef = self.kl_ctl.kl_coef if kl_coef is None else kl_coef
+        return self.optimize(ro, lambda mb, idx: self.loss(mb, advantages[idx], kl_coef))
 
 
 def train_grpo(prompts: list[str], init_dir, reward_dir, out_dir, config: GRPOConfig, **kwargs) -> GRPOTrainer:

@@ -1,12 +1,14 @@
-"""What every online RL trainer (PPO, GRPO, RLOO) shares: config fields, plumbing, and the run.
+"""The online RL loop every algorithm (PPO, GRPO, RLOO) runs, its shared config fields, and the run around it.
 
-    for each iteration:  draw prompts from the pool ──trainer.step(prompts)──▶ one row of metrics
-                         (step = rollout.collect, then the algorithm's advantages and minibatch update)
+    for each iteration (train_online):          draw prompts from the pool, then OnlineTrainer.step:
+        1. rollout      sample responses, score them, the reference's logprobs      (rollout.collect)
+        2. advantages   the algorithm's: PPO shaping + GAE, GRPO's group z-score, RLOO's leave-one-out
+        3. update       ppo_epochs × num_minibatches steps of the algorithm's loss  (minibatch_update)
+        4. metrics      one row: reward, KL, β, entropy, length, the algorithm's stats, timings
 
 `OnlineConfig` holds the fields the algorithms have in common (generation, optimisation, KL, the run);
-`OnlineTrainer` the plumbing (Adam with ε = 1e-5, linear LR decay, the KL coefficient and its controller,
-an own sampling seed per rank, phase timings); `train_online` the run around any of them: load the models,
-loop, log, checkpoint, save. Each algorithm's file (ppo.py, grpo.py) adds its own fields and its `step`.
+`OnlineTrainer` the iteration and its plumbing; `train_online` the run around any of them: load the models,
+loop, log, checkpoint, save. Each algorithm's file (ppo.py, grpo.py) adds its fields, advantages and loss.
 """
 from __future__ import annotations
 
@@ -17,12 +19,14 @@ import torch
 from .advantages import AdaptiveKLController, FixedKLController, kl_penalty
 from .config import validate
 from .errors import InputError
-from .optim import lr_at, make_adamw, set_lr
-from .ops import masked_mean
+from .model import GPT
+from .ops import aggregation_count, all_ranks_sum, masked_mean
+from .optim import clip_grad, lr_at, make_adamw, set_lr
 from .rollout import Rollout, TextReward, collect, load_policy_and_reward, takes_text
 from .run import Run
-from .runtime import (PhaseTimer, dist_info, init_distributed, mean_across_ranks, rank_seed,
-                      resolve_device, seed_everything)
+from .runtime import (PhaseTimer, average_gradients, dist_info, init_distributed, is_distributed, mean_across_ranks,
+                      rank_seed, resolve_device, seed_everything, sync_params)
+from .sampling import prompt_room
 from .tracking import check_finite
 
 
@@ -39,6 +43,9 @@ class OnlineConfig:
     batch_size: int = 64
     """Rollouts per iteration of a run (the run draws their prompts from the pool); a trainer's step
     itself samples for the prompts it is given."""
+    ppo_epochs: int = 4
+    """Passes of the clipped update over each rollout batch, a fresh permutation each (TRL's num_ppo_epochs;
+    GRPO's μ, TRL's num_iterations)."""
     num_minibatches: int = 4
     """Minibatches per epoch (optimizer steps per epoch)."""
     gradient_accumulation_steps: int = 1
@@ -60,7 +67,8 @@ class OnlineConfig:
     kl_horizon: int = 10000
     """Controller horizon in samples."""
     kl_estimator: str = "k1"
-    """k1, k2 or k3 — see advantages.kl_penalty."""
+    """How the per-token KL to the reference is estimated: k1, k2 or k3 (advantages.kl_penalty). PPO's
+    shaping and RLOO's reward use k1 (lm-human-preferences, TRL); GRPO's loss term k3 (GRPOConfig)."""
     missing_eos_penalty: float | None = None
     """If set, the score of a response without EOS is replaced by this value."""
     seed: int = 0
@@ -81,8 +89,10 @@ class OnlineConfig:
     save_every: int = 0
     """Iterations between resumable checkpoints (0: only at the end)."""
 
+    algo = "online"  # a class attribute, not a setting: the algorithm's name, its metrics' prefix ("ppo/…")
+
     def __post_init__(self):
-        validate(self, positive=("max_new_tokens", "temperature", "batch_size", "num_minibatches",
+        validate(self, positive=("max_new_tokens", "temperature", "batch_size", "ppo_epochs", "num_minibatches",
                                  "gradient_accumulation_steps", "lr", "kl_target", "kl_horizon"),
                  non_negative=("iterations", "max_grad_norm", "kl_coef", "save_every"),
                  choices={"lr_schedule": ("linear", "constant"), "kl_estimator": ("k1", "k2", "k3")})
@@ -92,22 +102,39 @@ class OnlineConfig:
                              f"{self.gradient_accumulation_steps} equal parts")
 
     @property
+    def samples_per_prompt(self) -> int:
+        """Responses sampled for each prompt of an iteration: 1 (GRPO and RLOO sample a group)."""
+        return 1
+
+    @property
     def prompts_per_iteration(self) -> int:
-        """Prompts a run draws for one iteration (one rollout each here; GRPO samples a group per prompt)."""
-        return self.batch_size
+        """Prompts a run draws for one iteration: batch_size / samples_per_prompt."""
+        return self.batch_size // self.samples_per_prompt
 
 
 class OnlineTrainer:
-    """The plumbing of an online RL trainer. A subclass sets `self.model` (the module the optimizer trains)
-    before calling `super().__init__` and defines `step(prompts) -> metrics`, `policy`, `save(out, tokenizer)`,
-    and `guard_keys` (the metrics that must stay finite)."""
+    """One iteration of every online RL trainer, and its plumbing (Adam with ε = 1e-5, linear LR decay, the KL
+    coefficient and its controller, an own sampling seed per rank, phase timings).
 
-    guard_keys: tuple[str, ...] = ("env/reward_mean", "objective/kl")
+    `step` is the iteration, the same for PPO, GRPO and RLOO. An algorithm (ppo.py, grpo.py) supplies only what
+    differs: `advantages(rollout, β) -> (per-token KL, *targets)`, `update(rollout, *targets)` (its `loss` on
+    minibatches, through `optimize`), `advantage_stats` for the metrics, `loss_keys` (the loss terms that must
+    stay finite), `modules()` (what a checkpoint holds) and, where it has more than the policy, `save`.
+    """
 
-    def __init__(self, config: OnlineConfig, generator: torch.Generator | None = None):
+    loss_keys: tuple[str, ...] = ()
+    aggregation = "token_mean"  # how the loss averages per-token terms (ops.aggregation_count counts its units)
+
+    def __init__(self, model: torch.nn.Module, ref_policy, reward, config: OnlineConfig,
+                 generator: torch.Generator | None = None):
         if config.eos_id is not None and config.eos_id == config.pad_id:
             raise ValueError("pad_id must differ from eos_id, or masking PAD also masks EOS")
-        self.config = config
+        self.model = model       # the module the optimizer trains: the policy (and a value head)
+        sync_params(model)       # torchrun: every rank starts from rank 0's weights
+        model.eval()             # dropout off (gradients still flow): the first ratio is 1 (to rounding)
+        self.freeze(ref_policy, reward)
+        self.ref_policy, self.reward = ref_policy, reward
+        self.config, self.prefix = config, config.algo
         self.device = next(self.model.parameters()).device
         # the update's forward; torch.compile'd on request, sharing its parameters with self.model
         self.train_forward = torch.compile(self.model) if config.compile else self.model
@@ -118,6 +145,49 @@ class OnlineTrainer:
         self.iteration = 0
         self.timer = PhaseTimer(self.device)
 
+    # ------------------------------------------------------------ one iteration
+    def step(self, prompts: list[list[int]]) -> dict:
+        """One iteration on `prompts` (token ids, each sampled `samples_per_prompt` times) -> its row of metrics."""
+        self.begin_iteration()                                  # this iteration's learning rate
+        with self.timer("time/rollout_s"):                      # 1. sample, score, reference logprobs
+            ro = self.rollout([p for p in prompts for _ in range(self.config.samples_per_prompt)])
+        self.check_reward(ro.scores)                            # a NaN score stops before any update
+        kl_coef = self.kl_ctl.kl_coef
+        kl, *targets = self.advantages(ro, kl_coef)             # 2. PPO: advantages, returns; GRPO/RLOO: advantages
+        with self.timer("time/update_s"):                       # 3. ppo_epochs × num_minibatches optimizer steps
+            stats = self.update(ro, *targets)
+        kl_per_seq = kl.sum(-1).mean().item()
+        self.end_iteration(kl_per_seq, len(ro.sequences))       # the KL controller sees this iteration's KL
+        return self.metrics(ro, kl_per_seq, kl_coef, {**self.advantage_stats(ro, kl, kl_coef, *targets), **stats})
+
+    def optimize(self, ro: Rollout, loss_of) -> dict:
+        """`ppo_epochs` × `num_minibatches` optimizer steps over the rollout (minibatch_update, below) of
+        `loss_of(minibatch, idx) -> (loss, stats)`, `idx` the minibatch's rows -> the mean of each stat over the
+        micro-batches, and the first one's ratio and approximate KL (1 and 0 up to rounding: still on-policy)."""
+        c, p = self.config, self.prefix
+        stats = minibatch_update(
+            self.model, self.optimizer, len(ro.sequences), lambda idx: loss_of(ro.minibatch(idx), idx),
+            count_fn=lambda idx: aggregation_count(ro.response_mask[idx], self.aggregation),
+            epochs=c.ppo_epochs, num_minibatches=c.num_minibatches, accumulation_steps=c.gradient_accumulation_steps,
+            max_grad_norm=c.max_grad_norm, generator=self.generator, iteration=self.iteration + 1,
+            guard=self.loss_keys, grad_norm_key=f"{p}/grad_norm")
+        return {k: torch.stack(v).float().mean().item() for k, v in stats.items()} | {
+            f"{p}/first_ratio_mean": stats[f"{p}/ratio_mean"][0].item(),
+            f"{p}/first_approx_kl": stats[f"{p}/approx_kl"][0].item()}
+
+    @property
+    def guard_keys(self) -> tuple[str, ...]:
+        """The metrics that must stay finite: the reward, the KL, the loss terms and the gradient norm."""
+        return ("env/reward_mean", "objective/kl", *self.loss_keys, f"{self.prefix}/grad_norm")
+
+    @property
+    def policy(self) -> GPT:
+        return self.model.policy
+
+    def save(self, out_dir, tokenizer):
+        self.policy.save_pretrained(out_dir, tokenizer)
+
+    # ------------------------------------------------------------ the plumbing of an iteration
     @staticmethod
     def freeze(reference, reward):
         """The reference (and a reward model) never learn; every model runs with dropout off, so that the
@@ -182,6 +252,65 @@ class OnlineTrainer:
         self.iteration, self.kl_ctl.kl_coef = state["iteration"], state["kl_coef"]
 
 
+# --------------------------------------------------------------------------------------------------
+# The update: epochs × minibatches × micro-batches of an algorithm's loss
+# --------------------------------------------------------------------------------------------------
+
+def minibatch_update(model: torch.nn.Module, optimizer, batch_size: int, loss_fn, epochs: int,
+                     num_minibatches: int, accumulation_steps: int, max_grad_norm: float,
+                     generator: torch.Generator, iteration: int, guard: tuple[str, ...] = (),
+                     grad_norm_key: str = "grad_norm", count_fn=None) -> dict[str, list]:
+    """epochs × num_minibatches optimizer steps over one batch of `batch_size` rows (a rollout, say).
+
+        for each epoch:    a fresh random permutation of the rows
+          for each minibatch of batch_size / num_minibatches rows:
+            for each of its accumulation_steps micro-batches k:  (w_k · loss_fn(rows_k)).backward()
+            average gradients over ranks, clip, check for NaN, optimizer.step()
+
+    loss_fn(idx) -> (loss, stats): the loss over the rows `idx` as a mean in its own units (with gradient), and a
+    dict of detached 0-dim tensors. count_fn(idx) -> how many of those units the rows hold: real tokens for a
+    token mean, sequences for a per-sequence mean (ops.aggregation_count); None counts rows.
+
+    Accumulation and data parallelism change memory, not the update: w_k = n_k / (N / world), with n_k the
+    micro-batch's count and N the whole minibatch's over every rank. Then Σ_k w_k · mean_k = Σ_k sum_k / (N/world)
+    on each rank, and the ranks' average gradient is that of sum / N over the whole minibatch: the gradient of
+    one pass over the concatenated minibatch. The plain 1/accumulation_steps weight is that only when every
+    micro-batch holds as many units: with responses of different lengths, the mean of micro-batch token means
+    is not the minibatch's token mean (TRL's "dapo" loss normalises by the global token count for this reason).
+
+    Before each step the gradient norm and the `guard` stats of the last micro-batch must be finite, or
+    TrainingDiverged names `iteration` and the step never happens. Returns every stat per micro-batch (each
+    micro-batch's own mean), and `grad_norm_key` per optimizer step, in the order they came.
+    """
+    if batch_size % (num_minibatches * accumulation_steps):
+        raise ValueError(f"batch of {batch_size} does not split into {num_minibatches} minibatches × "
+                         f"{accumulation_steps} micro-batches")
+    device = next(model.parameters()).device
+    count_fn = count_fn or (lambda idx: torch.tensor(float(len(idx)), device=device))
+    world = torch.distributed.get_world_size() if is_distributed() else 1
+    mb_size = batch_size // num_minibatches
+    micro = mb_size // accumulation_steps
+    stats: dict[str, list] = {}
+    for _ in range(epochs):
+        perm = torch.randperm(batch_size, generator=generator).to(device)
+        for start in range(0, batch_size, mb_size):
+            optimizer.zero_grad(set_to_none=True)
+            parts = [perm[m:m + micro] for m in range(start, start + mb_size, micro)]
+            counts = torch.stack([torch.as_tensor(count_fn(idx), dtype=torch.float32, device=device) for idx in parts])
+            per_rank = all_ranks_sum(counts.sum()).clamp(min=1.0) / world   # N / world
+            for idx, n in zip(parts, counts):
+                loss, s = loss_fn(idx)
+                (loss * (n / per_rank)).backward()
+                for k, v in s.items():
+                    stats.setdefault(k, []).append(v)
+            average_gradients(model)  # torchrun: the mean gradient over ranks
+            grad_norm = clip_grad(model, max_grad_norm)
+            check_finite({grad_norm_key: grad_norm, **{k: s[k].item() for k in guard}}, iteration, unit="iteration")
+            stats.setdefault(grad_norm_key, []).append(torch.tensor(grad_norm))
+            optimizer.step()  # only now: a NaN above never reaches the weights
+    return stats
+
+
 def train_online(trainer_cls, name: str, prompts: list[str], init_dir, reward_dir, out_dir, config: OnlineConfig,
                  resume: bool = False, overwrite: bool = False, reward_fn=None, show_progress: bool = True,
                  on_iteration=None):
@@ -211,11 +340,11 @@ def train_online(trainer_cls, name: str, prompts: list[str], init_dir, reward_di
                      pad_id=tokenizer.pad_id)
     if config.eos_id == config.pad_id:
         raise InputError(f"--eos_id={config.eos_id} is the tokenizer's PAD id; EOS must differ from PAD")
-    context = min(policy.config.block_size, reward.config.block_size if reward else policy.config.block_size)
-    if context - config.max_new_tokens < 1:
+    room = prompt_room(config.max_new_tokens, policy, reward)
+    if room < 1:
         raise InputError(f"--max_new_tokens={config.max_new_tokens} leaves no room for a prompt in the "
-                         f"models' context of {context} tokens")
-    pool = tokenizer.encode_prompts(prompts, context - config.max_new_tokens)
+                         f"models' context of {room + config.max_new_tokens} tokens")
+    pool = tokenizer.encode_prompts(prompts, room)
     if reward_fn is not None and takes_text(reward_fn):
         reward_fn = TextReward(reward_fn, tokenizer)
     trainer = trainer_cls(policy, ref, reward_fn or reward, config)

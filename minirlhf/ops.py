@@ -168,7 +168,7 @@ def aggregation_count(mask: torch.Tensor, how: str = "token_mean") -> torch.Tens
     real token (sequence_mean) or sequences (dr_grpo, whose L is the same for every part of a batch).
 
     A batch's aggregate is Σ_parts count_k · aggregate_k / Σ_parts count_k for any split of its rows (with the
-    same norm_len): what gradient accumulation and data parallelism need (optim.minibatch_update).
+    same norm_len): what gradient accumulation and data parallelism need (online.minibatch_update).
     Worked example, masks [[1, 1, 1, 1]] and [[1, 0, 0, 0]]: token_mean counts 4 and 1, sequence_mean 1 and 1.
     """
     real = mask.bool()

@@ -7,7 +7,9 @@ One iteration of `PPOTrainer.step(prompts)`:
     2. shaping   r_t = −β·KL_t on every response token, plus the score on the last real one (EOS)
     3. GAE       δ_t = r_t + γV_{t+1} − V_t,  A_t = δ_t + γλA_{t+1};  returns = A + V; whiten A
     4. update    ppo_epochs × num_minibatches of the clipped policy loss + vf_coef × clipped value loss
-(2 and 3 are advantages.py; the loop of 4 is optim.minibatch_update; the run around it online.py.)
+The iteration itself is online.OnlineTrainer.step, the same for GRPO and RLOO; this file is what PPO adds:
+its config, the critic (ActorCritic), the advantages of 2–3 (the formulas are advantages.py) and the loss of 4
+(losses.py).
 
 CPU: `minirlhf ppo --prompts p.jsonl --init runs/x/sft --reward runs/x/reward --out runs/x/policy`.
 GPU: add `--device cuda` (bf16 autocast). Several processes: `torchrun --nproc_per_node 2 -m minirlhf ppo ...`.
@@ -39,19 +41,14 @@ from .config import validate
 from .losses import ppo_policy_loss, ppo_value_loss
 from .model import GPT, RewardModel, ValueHead
 from .online import OnlineConfig, OnlineTrainer, train_online
-from .ops import aggregation_count, masked_mean, masked_whiten
-from .optim import minibatch_update
+from .ops import masked_mean, masked_whiten
 from .rollout import Rollout, response_hidden, response_logprobs
-from .runtime import autocast, sync_params
+from .runtime import autocast
 
 
 @dataclass
 class PPOConfig(OnlineConfig):
     """PPO's fields; the ones every online trainer shares (generation, optimisation, KL, run) are OnlineConfig's."""
-    ppo_epochs: int = 4
-    """Passes over each rollout batch, a fresh permutation each."""
-    kl_estimator: str = "k1"
-    """k1 (default, as lm-human-preferences and TRL), k2 or k3 — see advantages.kl_penalty."""
     gamma: float = 1.0
     """Discount."""
     lam: float = 0.95
@@ -70,9 +67,11 @@ class PPOConfig(OnlineConfig):
     value_model: str = "shared"
     """'shared' (value head on the policy trunk) or 'separate' (critic trunk from the reward model)."""
 
+    algo = "ppo"
+
     def __post_init__(self):
         super().__post_init__()
-        validate(self, positive=("ppo_epochs", "cliprange", "cliprange_value"), non_negative=("vf_coef",),
+        validate(self, positive=("cliprange", "cliprange_value"), non_negative=("vf_coef",),
                  unit_interval=("gamma", "lam"), choices={"value_model": ("shared", "separate")})
 
 
@@ -123,28 +122,22 @@ class ActorCritic(nn.Module):
 
 
 class PPOTrainer(OnlineTrainer):
-    """PPO on a GPT policy against a RewardModel or any `fn(sequences, response_mask) -> (B,) scores`."""
+    """PPO on a GPT policy against a RewardModel or any `fn(sequences, response_mask) -> (B,) scores`:
+    OnlineTrainer's iteration with a critic, shaping + GAE for advantages, and the clipped policy + value loss."""
 
-    guard_keys = ("env/reward_mean", "objective/kl", "ppo/policy_loss", "ppo/value_loss", "ppo/grad_norm")
+    loss_keys = ("ppo/policy_loss", "ppo/value_loss")
+    aggregation = "token_mean"  # both losses are means over the minibatch's response tokens
 
     def __init__(self, policy: GPT, ref_policy: GPT, reward, config: PPOConfig,
                  generator: torch.Generator | None = None):
         device = next(policy.parameters()).device
-        self.model = ActorCritic.build(policy, config.value_model, reward).to(device)
-        sync_params(self.model)  # torchrun: every rank starts from rank 0's weights
-        self.model.eval()        # dropout off (gradients still flow): the first ratio is 1 (to rounding)
-        self.freeze(ref_policy, reward)
-        self.ref_policy, self.reward = ref_policy, reward
-        super().__init__(config, generator)
-
-    @property
-    def policy(self) -> GPT:
-        return self.model.policy
+        super().__init__(ActorCritic.build(policy, config.value_model, reward).to(device), ref_policy, reward,
+                         config, generator)
 
     def modules(self) -> dict:
         return {"actor_critic": self.model}
 
-    # ------------------------------------------------------------ 1. rollout
+    # ------------------------------------------------------------ 1. rollout, with the critic's values
     def rollout(self, prompts: list[list[int]]) -> Rollout:
         return super().rollout(prompts, value_fn=self.model.values)
 
@@ -164,6 +157,13 @@ class PPOTrainer(OnlineTrainer):
             advantages = masked_whiten(advantages, ro.response_mask, across_ranks=True)
         return kl, advantages, returns
 
+    def advantage_stats(self, ro: Rollout, kl, kl_coef: float, advantages, returns) -> dict:
+        m = ro.response_mask
+        return {"objective/non_score_reward": (-kl_coef * kl).sum(-1).mean().item(),
+                "ppo/returns_mean": masked_mean(returns, m).item(),
+                "ppo/advantages_mean": masked_mean(advantages, m).item(),
+                "ppo/explained_variance": explained_variance(ro.values, returns, m)}
+
     # ------------------------------------------------------------ 4. update
     def loss(self, mb: Rollout, advantages, returns):
         """The clipped policy loss + vf_coef × the clipped value loss on a minibatch of the rollout."""
@@ -176,37 +176,8 @@ class PPOTrainer(OnlineTrainer):
                                                **{f"ppo/{k}": v for k, v in {**pg_stats, **vf_stats}.items()}}
 
     def update(self, ro: Rollout, advantages, returns) -> dict:
-        c = self.config
-        stats = minibatch_update(
-            self.model, self.optimizer, ro.sequences.shape[0],
-            lambda idx: self.loss(ro.minibatch(idx), advantages[idx], returns[idx]),
-            count_fn=lambda idx: aggregation_count(ro.response_mask[idx], "token_mean"),  # both losses: token means
-            epochs=c.ppo_epochs, num_minibatches=c.num_minibatches, accumulation_steps=c.gradient_accumulation_steps,
-            max_grad_norm=c.max_grad_norm, generator=self.generator, iteration=self.iteration + 1,
-            guard=("ppo/policy_loss", "ppo/value_loss"), grad_norm_key="ppo/grad_norm")
-        return {k: torch.stack(v).float().mean().item() for k, v in stats.items()} | {
-            "ppo/first_ratio_mean": stats["ppo/ratio_mean"][0].item(),
-            "ppo/first_approx_kl": stats["ppo/approx_kl"][0].item()}
-
-    # ------------------------------------------------------------ one iteration
-    def step(self, prompts: list[list[int]]) -> dict:
-        self.begin_iteration()
-        with self.timer("time/rollout_s"):
-            ro = self.rollout(prompts)
-        self.check_reward(ro.scores)
-        kl_coef = self.kl_ctl.kl_coef
-        kl, advantages, returns = self.advantages(ro, kl_coef)
-        with self.timer("time/update_s"):
-            stats = self.update(ro, advantages, returns)
-        kl_per_seq = kl.sum(-1).mean().item()
-        self.end_iteration(kl_per_seq, len(prompts))
-        m = ro.response_mask
-        return self.metrics(ro, kl_per_seq, kl_coef, {
-            "objective/non_score_reward": (-kl_coef * kl).sum(-1).mean().item(),
-            "ppo/returns_mean": masked_mean(returns, m).item(),
-            "ppo/advantages_mean": masked_mean(advantages, m).item(),
-            "ppo/explained_variance": explained_variance(ro.values, returns, m),
-            **stats})
+        """ppo_epochs × num_minibatches optimizer steps of `loss` over the rollout (OnlineTrainer.optimize)."""
+        return self.optimize(ro, lambda mb, idx: self.loss(mb, advantages[idx], returns[idx]))
 
     def save(self, out_dir, tokenizer):
         out = Path(out_dir)
