@@ -29,7 +29,7 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
 
     "Unbiased" is said of the estimate's VALUE: E_π[k1] = E_π[k3] = KL(π ‖ π_ref). As a loss term whose
     gradient flows through log π on fixed samples, they differ (an exact check on a categorical is in
-    tests/test_kl_gradients.py):
+    tests/test_padding_and_accumulation.py):
       E_π[∇k1] = Σ_a ∇π(a) = 0                    no pull towards the reference at all
       E_π[∇k2] = ∇ KL(π ‖ π_ref)                  the reverse KL's gradient
       E_π[∇k3] = ∇ KL(π_ref ‖ π)                  the forward KL's gradient (GRPO's term)
