@@ -139,8 +139,18 @@ def cmd_online(args, overrides):
     if getattr(args, "algo", None) == "rloo":
         args.config_cls = RLOOConfig  # the same fields, RLOO's defaults (k1 KL in the reward)
     config = _config_from_args(args, overrides)
+    reward_fn = None
+    if args.reward_fn:  # reward functions as code (reward_fns.py), summed with --reward_weights
+        from .reward_fns import combine, load_reward_fn, parse_weights
+        fns = [load_reward_fn(spec) for spec in args.reward_fn]
+        reward_fn = combine(fns, args.reward_fn, parse_weights(args.reward_weights, len(fns)))
+    elif args.reward_weights is not None:
+        raise InputError("--reward_weights weighs --reward_fn functions, and none was given")
+    if (args.reward is None) == (reward_fn is None):
+        raise InputError("give --reward DIR (a reward model) or --reward_fn module:function (reward functions), "
+                         "one of the two")
     args.train(load_prompts(args.prompts), args.init, args.reward, args.out, config, resume=args.resume,
-               overwrite=args.overwrite)
+               overwrite=args.overwrite, reward_fn=reward_fn)
     _done(f"saved {getattr(args, 'algo', args.command).upper()} policy to {args.out}")
 
 
@@ -251,7 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 "k1 KL in the reward (default kl_estimator=k1) (default: grpo)")
         p.add_argument("--prompts", required=True, help='a .jsonl file of {"prompt": ...} lines')
         p.add_argument("--init", required=True, help="the pretrained policy directory (also the frozen reference)")
-        p.add_argument("--reward", required=True, help="the reward model directory")
+        p.add_argument("--reward", help="the reward model directory (or --reward_fn)")
+        p.add_argument("--reward_fn", action="append", metavar="MODULE:FUNCTION",
+                       help="a reward function, fn(prompts, responses, prompt_ids, response_ids) -> one number a "
+                            "response (minirlhf.reward_fns); repeat for several, summed")
+        p.add_argument("--reward_weights", metavar="W,W,...", help="weights of the --reward_fn functions (default 1 each)")
         p.set_defaults(fn=cmd_online, train=train)
 
     from .reward import LOSSES, RewardConfig

@@ -27,6 +27,7 @@ import torch.nn as nn
 from .errors import InputError
 from .model import GPT, RewardModel
 from .ops import logprobs_and_entropy, logprobs_from_logits, predicting_positions
+from .reward_fns import call_checked
 from .runtime import PhaseTimer, autocast
 from .sampling import generate, sample_batches
 from .tokenizer import Tokenizer
@@ -118,8 +119,9 @@ class TextReward:
         fn(prompts: list[str], responses: list[str]) -> one number per response
 
     called with each rollout's prompt and response decoded by `tokenizer` (special tokens — BOS, EOS, PAD —
-    left out). The trainers call it like any reward callable, fn(sequences, response_mask);
-    `train_ppo`/`train_grpo` wrap a `reward_fn` whose first parameter is named `prompts` in it themselves.
+    left out), and with their ids (`prompt_ids`, `response_ids`) if it names them (reward_fns.py: the one
+    signature and its checks, one finite number a response). The trainers call it like any reward callable,
+    fn(sequences, response_mask); `train_ppo`/`train_grpo` wrap a `reward_fn` whose first parameter is named `prompts` in it themselves.
     Example: `TextReward(lambda prompts, responses: [r.count("好") for r in responses], tokenizer)`.
     """
 
@@ -134,11 +136,12 @@ class TextReward:
 
     def __call__(self, sequences, response_mask) -> torch.Tensor:
         prompts, responses = self.texts(sequences, response_mask)
-        scores = self.fn(prompts, responses)
-        if len(scores) != len(responses):
-            raise InputError(f"reward function {getattr(self.fn, '__name__', self.fn)!r} returned {len(scores)} "
-                             f"scores for {len(responses)} responses")
-        return torch.as_tensor([float(x) for x in scores], dtype=torch.float32, device=sequences.device)
+        P, lengths = sequences.shape[1] - response_mask.shape[1], response_mask.sum(-1).long().tolist()
+        batch = {"prompts": prompts, "responses": responses,
+                 "prompt_ids": [[t for t in row if t != self.tokenizer.pad_id] for row in sequences[:, :P].tolist()],
+                 "response_ids": [row[:n] for row, n in zip(sequences[:, P:].tolist(), lengths)]}
+        scores = call_checked(self.fn, repr(getattr(self.fn, "__name__", self.fn)), batch)
+        return torch.tensor(scores, dtype=torch.float32, device=sequences.device)
 
 
 def apply_missing_eos_penalty(scores, responses, eos_id: int | None, penalty: float | None):
