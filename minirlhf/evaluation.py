@@ -10,7 +10,6 @@ honest check: the reward model is what the policy was trained to please.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +19,7 @@ from .model import GPT, RewardModel
 from .reward_eval import score_sequences
 from .rollout import rollouts, score
 from .sampling import sample_batches
+from .scaling_laws import best_of_n_kl_bound  # noqa: F401  (imported from here by notebooks and recipes)
 from .tokenizer import Tokenizer
 
 
@@ -52,12 +52,6 @@ def sample_and_score(policy: GPT, ref: GPT, reward: RewardModel, tokenizer: Toke
         out.rewards += ro.scores.tolist()
         out.kl += kl_penalty(ro.logprobs, ro.ref_logprobs, "k1", ro.response_mask).sum(-1).tolist()
     return out
-
-
-def best_of_n_kl_bound(n: int) -> float:
-    """KL(π_best-of-n ‖ π) ≤ log n − (n − 1)/n nats (Stiennon et al. 2020, appendix; Beirami et al. 2024 show
-    it is an upper bound, tight only when no two samples tie): what best-of-n "pays" in KL for its reward."""
-    return math.log(n) - (n - 1) / n
 
 
 @torch.no_grad()

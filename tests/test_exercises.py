@@ -2,6 +2,7 @@
 fails it, and the mistakes students (and frameworks) actually make fail it with a hint naming the mistake;
 grade's output. (The blank tool and the students' notebook are test_exercises_notebook.py.)
 """
+import math
 import os
 import re
 
@@ -18,6 +19,7 @@ from minirlhf.losses import (dpo_loss, pairwise_loss, plackett_luce_loss, ppo_po
                              sigmoid_rank_loss)
 from minirlhf.ops import last_true_index, logprobs_from_logits, masked_mean, masked_whiten, shifted_logprobs
 from minirlhf.sampling import filter_logits
+from minirlhf.scaling_laws import best_of_n_expectation
 
 REFERENCE = {  # minirlhf's own functions, with the students' signatures
     "masked_mean": masked_mean, "masked_whiten": masked_whiten, "shifted_logprobs": shifted_logprobs,
@@ -25,6 +27,7 @@ REFERENCE = {  # minirlhf's own functions, with the students' signatures
     "pairwise_loss": pairwise_loss, "ranking_loss": ranking_loss, "kl_penalty": kl_penalty,
     "shape_rewards": shape_rewards, "compute_gae": compute_gae, "ppo_policy_loss": ppo_policy_loss,
     "dpo_loss": lambda pc, pr, rc, rr, beta: dpo_loss(pc, pr, rc, rr, beta),
+    "best_of_n_expectation": best_of_n_expectation,
 }
 
 
@@ -179,6 +182,23 @@ def dpo(pc, pr, rc, rr, beta, reference=True, use_beta=True, loss=F.logsigmoid, 
     return losses if reduce is None else reduce(losses), beta * chosen, beta * rejected
 
 
+def best_of_n(proxy, value, n, weights="right", descending=False, sort_by="proxy", dtype=torch.float64):
+    """The sum of weights × values sorted by `sort_by`, with switches for the classic mistakes."""
+    M = len(proxy)
+    i = torch.arange(1, M + 1, dtype=dtype)
+
+    def log_comb(a, b):
+        return torch.lgamma(a + 1) - math.lgamma(b + 1) - torch.lgamma(a - b + 1)
+    total = log_comb(torch.tensor(float(M), dtype=dtype), n)
+    w = {"right": lambda: torch.where(i >= n, (log_comb((i - 1).clamp(min=n - 1), n - 1) - total).exp(), 0.0),
+         "shifted": lambda: torch.where(i >= n - 1, (log_comb(i.clamp(min=n - 1), n - 1) - total).exp(), 0.0),
+         "with_replacement": lambda: (i / M) ** n - ((i - 1) / M) ** n,
+         "exp_first": lambda: torch.where(i >= n, log_comb((i - 1).clamp(min=n - 1), n - 1).exp() / total.exp(), 0.0),
+         }[weights]()
+    key = proxy if sort_by == "proxy" else value
+    return (w * value.to(dtype)[torch.sort(key, descending=descending).indices]).sum()
+
+
 WRONG = [  # (exercise, wrong answer, words the failure message must contain)
     ("masked_mean", lambda x, m, dim=None: x.mean() if dim is None else x.mean(dim), "padding included"),
     ("masked_mean", lambda x, m, dim=None: (x * m).mean() if dim is None else (x * m).mean(dim), "ALL entries"),
@@ -239,6 +259,14 @@ WRONG = [  # (exercise, wrong answer, words the failure message must contain)
     ("dpo_loss", lambda *a: dpo(*a, reduce=torch.mean), "one loss per pair"),
     ("dpo_loss", lambda *a: dpo(*a)[0], "return (losses, chosen_rewards, rejected_rewards)"),
     ("dpo_loss", lambda pc, pr, rc, rr, beta: (dpo(pc, pr, rc, rr, beta)[0], pc - rc, pr - rr), "no β"),
+    ("best_of_n_expectation", lambda p, v, n: best_of_n(p, v, n, weights="with_replacement"), "WITH replacement",
+     "C(i − 1, n − 1) / C(M, n)"),
+    ("best_of_n_expectation", lambda p, v, n: best_of_n(p, v, n, descending=True), "descending", "WORST of n"),
+    ("best_of_n_expectation", lambda p, v, n: best_of_n(p, v, n, weights="shifted"), "off by one", "not C(i, n − 1)"),
+    ("best_of_n_expectation", lambda p, v, n: best_of_n(p, v, n, sort_by="value"), "sorted by the VALUE"),
+    ("best_of_n_expectation", lambda p, v, n: best_of_n(p, v, n, weights="exp_first"), "the result is finite",
+     "10^998", "lgamma"),
+    ("best_of_n_expectation", lambda p, v, n: best_of_n(p, v, n, dtype=torch.float32), "M = 4096", "float64"),
 ]
 
 
@@ -311,7 +339,7 @@ def test_grade_grades_one_exercise_by_name_or_number(which, capsys):
     assert capsys.readouterr().out.rstrip().endswith("1 of 2 exercises pass")
 
 
-@pytest.mark.parametrize("which", ["top_q_filter", "0", "12"])
+@pytest.mark.parametrize("which", ["top_q_filter", "0", str(len(EXERCISES) + 1)])
 def test_grade_names_the_valid_exercises_for_an_unknown_one(which, capsys):
     assert grade(REFERENCE, [which]) == 2
     out, err = capsys.readouterr()

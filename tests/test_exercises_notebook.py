@@ -92,8 +92,8 @@ def test_the_students_demo_cells_say_which_exercise_to_solve_first():
             demos.append(name)
         except AssertionError as e:
             assert source(c).startswith("check_") and "not implemented yet" in str(e), str(e)
-    # the demos after exercises 4, 7, 10 (its first call is shape_rewards, exercise 8) and 11
-    assert demos == ["top_p_filter", "kl_penalty", "shape_rewards", "dpo_loss"]
+    # the demos after exercises 4, 7, 10 (its first call is shape_rewards, exercise 8), 11 and 12
+    assert demos == ["top_p_filter", "kl_penalty", "shape_rewards", "dpo_loss", "best_of_n_expectation"]
 
 
 def test_the_students_script_runs_and_reports_every_stub(tmp_path):
