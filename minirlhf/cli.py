@@ -214,6 +214,14 @@ def cmd_plot(args, overrides):
         print(path)
 
 
+def cmd_doctor(args, overrides):
+    """Replay the health checks (diagnostics.py) over a run's metrics.jsonl: a report and DIR/doctor.png."""
+    from .doctor import doctor, print_report
+    if overrides:
+        raise InputError(f"doctor takes no --key=value overrides, got {overrides[0]!r}")
+    print_report(doctor(args.run), args.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .sft import PretrainConfig
     from . import __version__
@@ -340,6 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
                                     "names the run itself draws: minirlhf.plots.FIGURES)")
     p.add_argument("--run", required=True, help="run or stage directory holding metrics.jsonl")
     p.set_defaults(fn=cmd_plot)
+
+    help = ("why isn't it learning? replay the health checks over a run's metrics.jsonl: what looked healthy, what "
+            "fired and when, what to try, and DIR/doctor.png")
+    p = sub.add_parser("doctor", help=help, description=help)
+    p.add_argument("--run", required=True, help="a run directory (demo, compare, overopt, or any trainer's --out), "
+                                                "finished or still running")
+    p.set_defaults(fn=cmd_doctor)
     return parser
 
 

@@ -22,6 +22,7 @@ import typing
 import warnings
 from typing import ClassVar
 
+from .diagnostics import DiagnosticsConfig, check_watch_settings
 from .errors import InputError
 
 
@@ -237,6 +238,14 @@ class TrainConfig:
     """cpu or cuda (bf16 autocast)."""
     save_every: int = 0
     """Steps between resumable checkpoints (0: only at the end)."""
+    report_to: str = ""
+    """Also write each metrics row to 'tensorboard' (event files in <out>/tensorboard) and/or 'wandb',
+    comma-separated, under metrics.jsonl's names; metrics.jsonl is written regardless."""
+    stop_on: str = ""
+    """Stop the run when one of these health checks fires: rule names, comma-separated, or 'any'; '' only
+    reports them."""
+    diagnostics: DiagnosticsConfig = dataclasses.field(default_factory=DiagnosticsConfig)
+    """The health checks' thresholds (--diagnostics.<key>, diagnostics.py); they never change what is trained."""
     renamed: ClassVar[dict[str, str]] = {"grad_clip": "max_grad_norm"}  # old names, still read (FutureWarning)
 
     def __post_init__(self):
@@ -244,6 +253,7 @@ class TrainConfig:
                  non_negative=("warmup_steps", "min_lr_ratio", "weight_decay", "max_grad_norm", "save_every"))
         if not 0 <= self.val_fraction < 1:
             raise InputError(f"--val_fraction must be in [0, 1), got {self.val_fraction}")
+        check_watch_settings(self)
 
 
 def validate(config, positive=(), non_negative=(), unit_interval=(), choices: dict | None = None):

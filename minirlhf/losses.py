@@ -211,6 +211,7 @@ def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
                  KL(pi_old || pi) from samples of pi_old (http://joschu.net/blog/kl-approx.html),
                  as lm-human-preferences logs it. Biased but low-variance and never negative.
       ratio_mean masked mean of the ratio; exactly 1 on the first minibatch of the first epoch.
+      ratio_max  the largest ratio on a real token (an update that blew one token up: "ratios of 1e8").
 
     Worked example, eps = 0.2, one token each:
       A = +1, ratio 1.5: max(-1.5, -1.2) = -1.2 (clipped: gradient 0, the step is already big).
@@ -232,6 +233,7 @@ def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
             # approx_kl: k2 = 0.5 (log r)^2, http://joschu.net/blog/kl-approx.html
             "approx_kl": masked_mean(0.5 * log_ratio ** 2, mask),
             "ratio_mean": masked_mean(ratio, mask),
+            "ratio_max": torch.where(mask.bool(), ratio, torch.zeros_like(ratio)).max(),
         }
     return loss, stats
 

@@ -12,14 +12,15 @@ loop, log, checkpoint, save. Each algorithm's file (ppo.py, grpo.py) adds its fi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from .advantages import AdaptiveKLController, FixedKLController, kl_penalty
 from .config import validate
+from .diagnostics import DiagnosticsConfig, check_watch_settings
 from .errors import InputError
-from .model import GPT
+from .model import GPT, RewardModel
 from .ops import aggregation_count, all_ranks_sum, masked_mean
 from .optim import clip_grad, lr_at, make_adamw, set_lr
 from .rollout import Rollout, TextReward, collect, load_policy_and_reward, takes_text
@@ -88,6 +89,14 @@ class OnlineConfig:
     to the precision of one forward."""
     save_every: int = 0
     """Iterations between resumable checkpoints (0: only at the end)."""
+    report_to: str = ""
+    """Also write each metrics row to 'tensorboard' (event files in <out>/tensorboard) and/or 'wandb',
+    comma-separated, under metrics.jsonl's names; metrics.jsonl is written regardless."""
+    stop_on: str = ""
+    """Stop the run when one of these health checks fires: rule names, comma-separated, or 'any' (README, "Why
+    isn't it learning?"); '' only reports them."""
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    """The health checks' thresholds (--diagnostics.<key>, diagnostics.py); they never change what is trained."""
 
     algo = "online"  # a class attribute, not a setting: the algorithm's name, its metrics' prefix ("ppo/…")
 
@@ -96,6 +105,7 @@ class OnlineConfig:
                                  "gradient_accumulation_steps", "lr", "kl_target", "kl_horizon"),
                  non_negative=("iterations", "max_grad_norm", "kl_coef", "save_every"),
                  choices={"lr_schedule": ("linear", "constant"), "kl_estimator": ("k1", "k2", "k3")})
+        check_watch_settings(self)
         if self.batch_size % (self.num_minibatches * self.gradient_accumulation_steps):
             raise InputError(f"--batch_size={self.batch_size} must divide into --num_minibatches="
                              f"{self.num_minibatches} × --gradient_accumulation_steps="
@@ -171,7 +181,10 @@ class OnlineTrainer:
             epochs=c.ppo_epochs, num_minibatches=c.num_minibatches, accumulation_steps=c.gradient_accumulation_steps,
             max_grad_norm=c.max_grad_norm, generator=self.generator, iteration=self.iteration + 1,
             guard=self.loss_keys, grad_norm_key=f"{p}/grad_norm")
-        return {k: torch.stack(v).float().mean().item() for k, v in stats.items()} | {
+        # each minibatch's stats, averaged over the update; a "_max" stat (ratio_max) is the largest of them
+        reduced = {k: (torch.stack(v).float().max() if k.endswith("_max") else torch.stack(v).float().mean()).item()
+                   for k, v in stats.items()}
+        return reduced | {
             f"{p}/first_ratio_mean": stats[f"{p}/ratio_mean"][0].item(),
             f"{p}/first_approx_kl": stats[f"{p}/approx_kl"][0].item()}
 
@@ -233,7 +246,13 @@ class OnlineTrainer:
                 "objective/entropy": masked_mean(ro.entropy, m).item(),
                 **stats,
                 "tokens/response_len": m.sum(-1).mean().item(),
+                **({} if self.config.eos_id is None else {"tokens/truncated_frac": self.truncated_frac(ro)}),
                 **self.timer.times}
+
+    def truncated_frac(self, ro: Rollout) -> float:
+        """Share of responses that reached max_new_tokens without producing EOS (cut, not finished)."""
+        has_eos = ((ro.responses == self.config.eos_id) & ro.response_mask.bool()).any(-1)
+        return 1.0 - has_eos.float().mean().item()
 
     def check_reward(self, scores: torch.Tensor):
         """Stop before any update if a reward is NaN on any rank (all ranks stop together)."""
@@ -351,7 +370,10 @@ def train_online(trainer_cls, name: str, prompts: list[str], init_dir, reward_di
     start, extra = run.restore(trainer.modules(), trainer.optimizer, {name: trainer.generator})
     if extra:
         trainer.load_state_dict(extra)
-    run.begin(config, start=start)
+    # what the health checks cannot read off the rows: is the reward a normalised reward model (mean 0, std 1 on
+    # the reference's samples)?
+    normalised = reward_fn is None and isinstance(reward, RewardModel) and bool(reward.gain != 1 or reward.bias != 0)
+    run.begin(config, start=start, reward_normalised=normalised)
     for it in range(start, config.iterations):
         idx = torch.randint(len(pool), (config.prompts_per_iteration,), generator=trainer.generator).tolist()
         row = mean_across_ranks(trainer.step([pool[i] for i in idx]))

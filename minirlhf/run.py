@@ -31,23 +31,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
 from .checkpoint import load_json, save_json
 from .config import apply_overrides, current_keys, current_name, from_dict
-from .errors import InputError
+from .diagnostics import Watch
+from .errors import InputError, TrainingDiverged
 from .plots import plot_run
 from .runtime import is_main_process
-from .tracking import MetricsLogger, progress
+from .tracking import MetricsLogger, Reporters, progress, read_metrics
 from .trainstate import check_out_dir, load_checkpoint, save_checkpoint, start_out_dir, truncate_metrics
 
 FREE_ON_RESUME = ("device", "compile", "compile_sampler", "recompute_logprobs", "gradient_accumulation_steps",
-                  "save_every", "eval_every", "eval_batch_size")
+                  "save_every", "eval_every", "eval_batch_size", "report_to", "stop_on", "diagnostics")
 """Settings a resume may change without --allow-changed: they change where and how fast the same numbers are
 computed (device, torch.compile, the sampler's logprobs recomputed, gradient accumulation: equal up to float
 rounding), or what is saved and logged (checkpoints, how often and in what chunks validation runs; validation
-draws no random numbers), never what is trained. So does the Python API's show_progress, which is no setting."""
+draws no random numbers), or what is watched (the health checks and where metrics are also written), never what
+is trained. So does the Python API's show_progress, which is no setting."""
 META_KEYS = ("trainer", "resumes")  # train_config.json's keys that are not settings
 
 
@@ -126,7 +129,7 @@ class Run:
         self.ckpt = check_out_dir(self.out, resume, overwrite, inputs)  # refuses to clobber; changes nothing
         self.record = self._read_record() if resume else None
         self.modules, self.optimizer, self.generators = {}, None, {}
-        self.logger = self.bar = None
+        self.logger = self.bar = self.watch = self.reporters = None
 
     def _read_record(self) -> dict | None:
         """The resumed run's train_config.json (None if it has none); it must be a run of this trainer."""
@@ -158,6 +161,12 @@ class Run:
         truncate_metrics(self.out / "metrics.jsonl", self.step_key, start)
         self.logger = MetricsLogger(self.out / "metrics.jsonl", enabled=is_main_process())
         self.bar = progress(self.total, start, self.name, self.show_progress and is_main_process())
+        # the health checks (diagnostics.py), primed on the rows a resumed run keeps; the optional metric writers
+        self.watch = Watch(config.diagnostics, config_extra, config.stop_on)
+        kept = read_metrics(self.out / "metrics.jsonl") if start and (self.out / "metrics.jsonl").is_file() else []
+        for row in kept:
+            self.watch.observe(row)
+        self.reporters = Reporters(config.report_to, self.out, self.step_key, record, enabled=is_main_process())
 
     def _config_record(self, settings: dict, start: int, config_cls) -> dict:
         """train_config.json's new contents: a fresh run's settings, or the record plus this resume (dropping
@@ -178,10 +187,24 @@ class Run:
         return {**record, "resumes": kept + [{self.step_key: start, "changed": changed}]}
 
     def log(self, row: dict, **postfix):
+        """The row into metrics.jsonl (with the record of any health check that fires now) and the writers of
+        --report_to; the bar moves; a check that fires is said once, and stops the run if --stop_on names it."""
+        findings = self.watch.observe(row)
+        if findings:
+            row = {**row, "diagnostics": [f.record() for f in findings]}
         self.logger.log(row)
+        self.reporters.log(row)
         self.bar.update(1)
         if postfix:
             self.bar.set_postfix(**postfix)
+        for f in findings:
+            if is_main_process():
+                self.bar.write(f"{self.name}: {self.step_key} {f.step}: {f.message}", file=sys.stderr)
+        stop = self.watch.must_stop(findings)
+        if stop is not None:
+            self.reporters.close()
+            raise TrainingDiverged(f"{self.step_key} {stop.step}: health check {stop.rule.name} fired and --stop_on "
+                                   f"names it; stopping (the last good checkpoint is kept)")
 
     def maybe_checkpoint(self, step: int, extra: dict | None = None):
         """A resumable checkpoint every `save_every` steps (call it on every rank: RNG states are gathered)."""
@@ -194,6 +217,7 @@ class Run:
     def finish(self, save, extra: dict | None = None):
         """Close the bar; rank 0 calls save() (the model directory); a last checkpoint; plots/."""
         self.bar.close()
+        self.reporters.close()
         if is_main_process():
             save()
         self.checkpoint(self.total, extra)

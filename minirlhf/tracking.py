@@ -68,3 +68,57 @@ def close_progress_bars():
     """End every open bar's line, so that an error printed next starts on a line of its own."""
     for bar in list(getattr(tqdm, "_instances", ())):
         bar.close()
+
+
+# ---------------------------------------------------------------------------------------------- --report_to
+REPORTERS = ("tensorboard", "wandb")
+
+
+def check_report_to(report_to: str) -> list[str]:
+    """The writers `--report_to=tensorboard,wandb` names, each installed; else an InputError saying what to install."""
+    names = [n.strip() for n in (report_to or "").split(",") if n.strip() and n.strip() != "none"]
+    for name in names:
+        if name not in REPORTERS:
+            raise InputError(f"--report_to: unknown {name!r}; choose from {', '.join(REPORTERS)} (comma-separated)")
+        try:
+            if name == "tensorboard":
+                import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it)
+            else:
+                import wandb  # noqa: F401
+        except ImportError:
+            raise InputError(f"--report_to={name}: the {name} package is not installed; pip install {name} "
+                             f"(or pip install -e \".[{name}]\")") from None
+    return names
+
+
+class Reporters:
+    """The rows of metrics.jsonl, also written to TensorBoard (event files in <out>/tensorboard, through
+    torch.utils.tensorboard) and/or wandb, under the same metric names; numbers only, at the row's step or
+    iteration. metrics.jsonl stays the record: these are views of it."""
+
+    def __init__(self, report_to: str, out_dir, step_key: str, config: dict | None = None, enabled: bool = True):
+        self.step_key, self.writers = step_key, []
+        names = check_report_to(report_to) if enabled else []
+        if "tensorboard" in names:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writers.append(("tensorboard", SummaryWriter(log_dir=str(Path(out_dir) / "tensorboard"))))
+        if "wandb" in names:
+            import wandb
+            self.writers.append(("wandb", wandb.init(project="minirlhf", dir=str(out_dir), config=config or {})))
+
+    def log(self, row: dict):
+        step = row.get(self.step_key)
+        scalars = {k: v for k, v in row.items() if k != self.step_key and isinstance(v, (int, float))
+                   and not isinstance(v, bool)}
+        for kind, w in self.writers:
+            if kind == "tensorboard":
+                for k, v in scalars.items():
+                    w.add_scalar(k, v, step)
+                w.flush()
+            else:
+                w.log(scalars, step=step)
+
+    def close(self):
+        for kind, w in self.writers:
+            (w.close if kind == "tensorboard" else w.finish)()
+        self.writers = []

@@ -186,7 +186,15 @@ def check_rrhf_grpo_rloo_compare(nb):
     assert sum("image/png" in d for d in outputs) >= 2, "the GRPO/RLOO curves and frontier.png are not both shown"
 
 
-CHECKS = {"exercises_rlhf.ipynb": check_exercises, "tour.ipynb": check_tour,
+def check_run_doctor(nb):
+    text = text_of(nb)
+    for rule in ("zero_std_groups", "truncated", "ratio_outliers"):     # each broken run, diagnosed by its rule
+        assert f": {rule}: " in text, f"the doctor did not name {rule}"
+    assert "stopped: iteration" in text and "--stop_on names it" in text
+    assert has_plot(nb), "doctor.png not shown"
+
+
+CHECKS = {"exercises_rlhf.ipynb": check_exercises, "08_run_doctor.ipynb": check_run_doctor, "tour.ipynb": check_tour,
           "01_gpt_and_sampler.ipynb": check_gpt_and_sampler, "02_reward_models.ipynb": check_reward_models,
           "03_ppo_by_hand.ipynb": check_ppo_by_hand, "04_sentiment_rlhf.ipynb": check_sentiment_rlhf,
           "05_dpo_derivation.ipynb": check_dpo_derivation,

@@ -27,11 +27,15 @@ class StagedConfig:
         return replace(getattr(self, name), seed=self.seed, device=self.device)
 
 
+WATCH_ONLY = ("report_to", "stop_on", "diagnostics")  # settings that watch a run, never change what it trains
+
+
 def stage_record(config) -> dict:
     """A stage's config as its hash and stage.json record it: asdict(config), a renamed setting under its old name
-    (config.py's `renamed`), so that renaming a setting changes no hash and re-trains no finished stage."""
+    (config.py's `renamed`), so that renaming a setting changes no hash and re-trains no finished stage; without the
+    WATCH_ONLY settings, which change what a run reports, not what it trains."""
     old = {new: name for name, new in renamed_keys(type(config)).items()}
-    return {old.get(k, k): v for k, v in asdict(config).items()}
+    return {old.get(k, k): v for k, v in asdict(config).items() if k not in WATCH_ONLY}
 
 
 def stage_digest(upstream: str, part) -> str:
