@@ -172,7 +172,8 @@ def _zero_padding(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                     mask: torch.Tensor, cliprange: float, *, cliprange_high: float | None = None,
-                    aggregation: str = "token_mean", norm_len: int | None = None):
+                    aggregation: str = "token_mean", norm_len: int | None = None,
+                    importance_sampling_level: str = "token"):
     """PPO's clipped surrogate, per token, as a masked mean over response tokens:
 
         ratio_t = exp(log pi(a_t|s_t) - log pi_old(a_t|s_t))
@@ -196,6 +197,14 @@ def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
                       (A < 0) answers the smaller penalty per token, so wrong answers drift longer. That
                       is the length bias Dr. GRPO removes with a constant divisor. norm_len: Dr. GRPO's
                       L (default: the padded length T; pass max_new_tokens to fix it across batches).
+      importance_sampling_level  "token" (PPO's, above) or "sequence" (GSPO, Zheng et al. 2025, "Group
+                      Sequence Policy Optimization"): one ratio per response, the geometric mean of its tokens'
+                        s_i = exp( mean_t (log pi(a_t) - log pi_old(a_t)) )   over the real tokens of response i,
+                      clipped (1 - eps, 1 + eps_high) as a whole and broadcast to its tokens (as TRL), so one
+                      token whose probability jumped no longer decides alone; the gradient reaches every token
+                      of the response through the mean. Being a mean of log-ratios, s_i stays close to 1: the
+                      paper clips at eps = 3e-4 / eps_high = 4e-4, and its objective is a per-sequence mean
+                      (aggregation "sequence_mean"). approx_kl stays per token; the other stats are of s_i.
 
     With one update per rollout the ratio is 1 on every token, so the loss VALUE is -aggregate(A):
     about 0 for GRPO's group-centred advantages (exactly 0 under "sequence_mean" with whole groups).
@@ -217,12 +226,20 @@ def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
       A = +1, ratio 1.5: max(-1.5, -1.2) = -1.2 (clipped: gradient 0, the step is already big).
       A = -1, ratio 0.5: max(0.5, 0.8) = 0.8 (clipped, same reason in the other direction).
       A = +1, ratio 0.5: max(-0.5, -0.8) = -0.5 (not clipped: undoing a bad step is always allowed).
+    Sequence level, A = +1, log-ratios [0.3, -0.1, 0.4]: s = exp(0.2) = 1.2214, clipped to 1.2 on all three
+    tokens (token level would clip two of them and keep 0.905 for the middle one).
     """
     if advantages.dim() == logprobs.dim() - 1:
         advantages = advantages.unsqueeze(-1)                                   # (B,) -> (B, 1)
     log_ratio = _zero_padding(logprobs - old_logprobs, mask)
     advantages = _zero_padding(advantages, mask)                                # (B, 1) -> (B, T)
-    ratio = torch.exp(log_ratio)
+    if importance_sampling_level == "sequence":                                 # GSPO: log s_i on all its tokens
+        log_weight = _zero_padding(masked_mean(log_ratio, mask, dim=-1)[:, None].expand_as(log_ratio), mask)
+    elif importance_sampling_level == "token":
+        log_weight = log_ratio
+    else:
+        raise ValueError(f"importance_sampling_level must be token or sequence, got {importance_sampling_level!r}")
+    ratio = torch.exp(log_weight)
     high = cliprange if cliprange_high is None else cliprange_high
     pg_losses = -advantages * ratio                                             # (B, T)
     pg_losses_clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + high)

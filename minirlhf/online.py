@@ -2,6 +2,7 @@
 
     for each iteration (train_online):          draw prompts from the pool, then OnlineTrainer.step:
         1. rollout      sample responses, score them, the reference's logprobs      (rollout.collect)
+                        (GRPO's dynamic sampling re-samples prompts whose group has equal rewards)
         2. advantages   the algorithm's: PPO shaping + GAE, GRPO's group z-score, RLOO's leave-one-out
         3. update       ppo_epochs × num_minibatches steps of the algorithm's loss  (minibatch_update)
         4. metrics      one row: reward, KL, β, entropy, length, the algorithm's stats, timings
@@ -127,13 +128,15 @@ class OnlineTrainer:
     coefficient and its controller, an own sampling seed per rank, phase timings).
 
     `step` is the iteration, the same for PPO, GRPO and RLOO. An algorithm (ppo.py, grpo.py) supplies only what
-    differs: `advantages(rollout, β) -> (per-token KL, *targets)`, `update(rollout, *targets)` (its `loss` on
+    differs: where it samples differently, `sample(prompts, more_prompts) -> (rollout, stats)`;
+    `advantages(rollout, β) -> (per-token KL, *targets)`, `update(rollout, *targets)` (its `loss` on
     minibatches, through `optimize`), `advantage_stats` for the metrics, `loss_keys` (the loss terms that must
     stay finite), `modules()` (what a checkpoint holds) and, where it has more than the policy, `save`.
     """
 
     loss_keys: tuple[str, ...] = ()
     aggregation = "token_mean"  # how the loss averages per-token terms (ops.aggregation_count counts its units)
+    denominator = "minibatch"   # whose count divides a minibatch's loss: its own, or the whole "rollout"'s (TRL's dapo)
 
     def __init__(self, model: torch.nn.Module, ref_policy, reward, config: OnlineConfig,
                  generator: torch.Generator | None = None):
@@ -156,11 +159,13 @@ class OnlineTrainer:
         self.timer = PhaseTimer(self.device)
 
     # ------------------------------------------------------------ one iteration
-    def step(self, prompts: list[list[int]]) -> dict:
-        """One iteration on `prompts` (token ids, each sampled `samples_per_prompt` times) -> its row of metrics."""
+    def step(self, prompts: list[list[int]], more_prompts=None) -> dict:
+        """One iteration on `prompts` (token ids, each sampled `samples_per_prompt` times) -> its row of metrics.
+        more_prompts(n) -> n more prompts, for an algorithm that re-samples (GRPO's dynamic_sampling); a run
+        passes draws from its pool, None re-draws from `prompts`."""
         self.begin_iteration()                                  # this iteration's learning rate
         with self.timer("time/rollout_s"):                      # 1. sample, score, reference logprobs
-            ro = self.rollout([p for p in prompts for _ in range(self.config.samples_per_prompt)])
+            ro, sample_stats = self.sample(prompts, more_prompts)
         self.check_reward(ro.scores)                            # a NaN score stops before any update
         kl_coef = self.kl_ctl.kl_coef
         kl, *targets = self.advantages(ro, kl_coef)             # 2. PPO: advantages, returns; GRPO/RLOO: advantages
@@ -168,16 +173,24 @@ class OnlineTrainer:
             stats = self.update(ro, *targets)
         kl_per_seq = kl.sum(-1).mean().item()
         self.end_iteration(kl_per_seq, len(ro.sequences))       # the KL controller sees this iteration's KL
-        return self.metrics(ro, kl_per_seq, kl_coef, {**self.advantage_stats(ro, kl, kl_coef, *targets), **stats})
+        return self.metrics(ro, kl_per_seq, kl_coef,
+                            {**self.advantage_stats(ro, kl, kl_coef, *targets), **sample_stats, **stats})
+
+    def sample(self, prompts: list[list[int]], more_prompts=None) -> tuple[Rollout, dict]:
+        """1. rollout: `samples_per_prompt` responses to each prompt, in order -> (the rollout, its stats: none)."""
+        return self.rollout([p for p in prompts for _ in range(self.config.samples_per_prompt)]), {}
 
     def optimize(self, ro: Rollout, loss_of) -> dict:
         """`ppo_epochs` × `num_minibatches` optimizer steps over the rollout (minibatch_update, below) of
         `loss_of(minibatch, idx) -> (loss, stats)`, `idx` the minibatch's rows -> the mean of each stat over the
-        micro-batches, and the first one's ratio and approximate KL (1 and 0 up to rounding: still on-policy)."""
+        micro-batches, and the first one's ratio and approximate KL (1 and 0 up to rounding: still on-policy).
+        With `denominator = "rollout"` every minibatch's sum is divided by the whole rollout's count (TRL's dapo)."""
         c, p = self.config, self.prefix
+        count = lambda mask: aggregation_count(mask, self.aggregation)  # noqa: E731
         stats = minibatch_update(
             self.model, self.optimizer, len(ro.sequences), lambda idx: loss_of(ro.minibatch(idx), idx),
-            count_fn=lambda idx: aggregation_count(ro.response_mask[idx], self.aggregation),
+            count_fn=lambda idx: count(ro.response_mask[idx]),
+            total=count(ro.response_mask) if self.denominator == "rollout" else None,
             epochs=c.ppo_epochs, num_minibatches=c.num_minibatches, accumulation_steps=c.gradient_accumulation_steps,
             max_grad_norm=c.max_grad_norm, generator=self.generator, iteration=self.iteration + 1,
             guard=self.loss_keys, grad_norm_key=f"{p}/grad_norm")
@@ -251,8 +264,11 @@ class OnlineTrainer:
 
     def truncated_frac(self, ro: Rollout) -> float:
         """Share of responses that reached max_new_tokens without producing EOS (cut, not finished)."""
-        has_eos = ((ro.responses == self.config.eos_id) & ro.response_mask.bool()).any(-1)
-        return 1.0 - has_eos.float().mean().item()
+        return 1.0 - self.finished(ro).float().mean().item()
+
+    def finished(self, ro: Rollout) -> torch.Tensor:
+        """(B,) bool: the response produced EOS (False for one cut at max_new_tokens)."""
+        return ((ro.responses == self.config.eos_id) & ro.response_mask.bool()).any(-1)
 
     def check_reward(self, scores: torch.Tensor):
         """Stop before any update if a reward is NaN on any rank (all ranks stop together)."""
@@ -278,7 +294,7 @@ class OnlineTrainer:
 def minibatch_update(model: torch.nn.Module, optimizer, batch_size: int, loss_fn, epochs: int,
                      num_minibatches: int, accumulation_steps: int, max_grad_norm: float,
                      generator: torch.Generator, iteration: int, guard: tuple[str, ...] = (),
-                     grad_norm_key: str = "grad_norm", count_fn=None) -> dict[str, list]:
+                     grad_norm_key: str = "grad_norm", count_fn=None, total=None) -> dict[str, list]:
     """epochs × num_minibatches optimizer steps over one batch of `batch_size` rows (a rollout, say).
 
         for each epoch:    a fresh random permutation of the rows
@@ -297,6 +313,11 @@ def minibatch_update(model: torch.nn.Module, optimizer, batch_size: int, loss_fn
     micro-batch holds as many units: with responses of different lengths, the mean of micro-batch token means
     is not the minibatch's token mean (TRL's "dapo" loss normalises by the global token count for this reason).
 
+    total: this rank's count of the whole batch (summed over ranks, as the counts are): then N is that same
+    number for every minibatch instead of each one's own, w_k = n_k / (total / world). TRL's "dapo": every
+    minibatch's token sum is divided by the tokens of the whole rollout batch. Worked example, 2 minibatches of
+    3 and 1 tokens: their own N gives the two steps sum/3 and sum/1, total = 4 gives sum/4 and sum/4.
+
     Before each step the gradient norm and the `guard` stats of the last micro-batch must be finite, or
     TrainingDiverged names `iteration` and the step never happens. Returns every stat per micro-batch (each
     micro-batch's own mean), and `grad_norm_key` per optimizer step, in the order they came.
@@ -307,6 +328,7 @@ def minibatch_update(model: torch.nn.Module, optimizer, batch_size: int, loss_fn
     device = next(model.parameters()).device
     count_fn = count_fn or (lambda idx: torch.tensor(float(len(idx)), device=device))
     world = torch.distributed.get_world_size() if is_distributed() else 1
+    fixed = None if total is None else all_ranks_sum(torch.as_tensor(total, dtype=torch.float32, device=device))
     mb_size = batch_size // num_minibatches
     micro = mb_size // accumulation_steps
     stats: dict[str, list] = {}
@@ -316,7 +338,7 @@ def minibatch_update(model: torch.nn.Module, optimizer, batch_size: int, loss_fn
             optimizer.zero_grad(set_to_none=True)
             parts = [perm[m:m + micro] for m in range(start, start + mb_size, micro)]
             counts = torch.stack([torch.as_tensor(count_fn(idx), dtype=torch.float32, device=device) for idx in parts])
-            per_rank = all_ranks_sum(counts.sum()).clamp(min=1.0) / world   # N / world
+            per_rank = (all_ranks_sum(counts.sum()) if fixed is None else fixed).clamp(min=1.0) / world  # N / world
             for idx, n in zip(parts, counts):
                 loss, s = loss_fn(idx)
                 (loss * (n / per_rank)).backward()
@@ -374,9 +396,12 @@ def train_online(trainer_cls, name: str, prompts: list[str], init_dir, reward_di
     # the reference's samples)?
     normalised = reward_fn is None and isinstance(reward, RewardModel) and bool(reward.gain != 1 or reward.bias != 0)
     run.begin(config, start=start, reward_normalised=normalised)
+
+    def draw(n: int) -> list[list[int]]:  # n prompts from the pool, uniformly, with the trainer's generator
+        return [pool[i] for i in torch.randint(len(pool), (n,), generator=trainer.generator).tolist()]
+
     for it in range(start, config.iterations):
-        idx = torch.randint(len(pool), (config.prompts_per_iteration,), generator=trainer.generator).tolist()
-        row = mean_across_ranks(trainer.step([pool[i] for i in idx]))
+        row = mean_across_ranks(trainer.step(draw(config.prompts_per_iteration), more_prompts=draw))
         check_finite(row, it + 1, trainer.guard_keys, unit="iteration")
         run.log(row, reward=f"{row['env/reward_mean']:.3f}", kl=f"{row['objective/kl']:.2f}")
         if on_iteration is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from ..checkpoint import load_json, save_json
@@ -33,9 +33,12 @@ WATCH_ONLY = ("report_to", "stop_on", "diagnostics")  # settings that watch a ru
 def stage_record(config) -> dict:
     """A stage's config as its hash and stage.json record it: asdict(config), a renamed setting under its old name
     (config.py's `renamed`), so that renaming a setting changes no hash and re-trains no finished stage; without the
-    WATCH_ONLY settings, which change what a run reports, not what it trains."""
+    WATCH_ONLY settings, which change what a run reports, not what it trains; without a setting the class lists as
+    `added` (after runs were recorded) while it has its default, so that a new option re-trains nothing either."""
     old = {new: name for name, new in renamed_keys(type(config)).items()}
-    return {old.get(k, k): v for k, v in asdict(config).items() if k not in WATCH_ONLY}
+    added = {f.name: f.default for f in fields(config) if f.name in getattr(type(config), "added", ())}
+    return {old.get(k, k): v for k, v in asdict(config).items()
+            if k not in WATCH_ONLY and not (k in added and v == added[k])}
 
 
 def stage_digest(upstream: str, part) -> str:
