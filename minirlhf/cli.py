@@ -315,9 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
              sentiment_zh.DemoConfig, sentiment_zh.quick_config, sentiment_zh.run_demo, print_report),
             ("compare", "PPO, GRPO, RLOO, DPO, RRHF and best-of-n on the flagship task: the reward-KL frontier",
              compare.CompareConfig, compare.quick_compare_config, compare.run_compare, compare.print_compare),
-            ("overopt", "reward over-optimisation (Gao et al. 2022): a long PPO run with a small KL coefficient, "
-             "proxy reward and judge rate against sqrt(KL)", overopt.OveroptConfig, overopt.quick_overopt_config,
-             overopt.run_overoptimization, overopt.print_overoptimization)):
+            ("overopt", "reward over-optimisation against a known gold (Gao et al. 2022): proxies trained on gold "
+             "labels, best-of-n and PPO against each, gold and proxy against sqrt(KL)", overopt.OveroptConfig,
+             overopt.quick_overopt_config, overopt.run_overoptimization, overopt.print_overoptimization)):
         p = sub.add_parser(name, help=help, description=help, epilog=config_help(config_cls()),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--quick", action="store_true", help="toy sizes, the same pipeline (what the tests run)")

@@ -1,7 +1,8 @@
 """`minirlhf doctor --run DIR`: the health checks of diagnostics.py replayed over a run's metrics.jsonl.
 
     DIR/metrics.jsonl (+ DIR/train_config.json)          one trainer's run (ppo, grpo, rloo, dpo, rrhf, sft, ...)
-    DIR/demo.json and DIR/<stage>/metrics.jsonl           a recipe's run (demo, compare, overopt): every stage
+    DIR/demo.json and DIR/<stage>/metrics.jsonl           a recipe's run (demo, compare, overopt): every stage,
+                                                          nested ones too (overopt's gold/lm/, ppo/n500/)
 
 For each run: what looked healthy (each rule's value nearest its threshold), what fired, at which iteration or
 step, the likely cause and what to try; and DIR/doctor.png, the panels of the metrics that the fired rules read
@@ -12,6 +13,7 @@ as it has logged.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from .diagnostics import RULES, DiagnosticsConfig, Finding, Watch, prefix_of
 from .errors import InputError
 from .tracking import read_metrics
 
-STAGE_ORDER = ("pretrain", "sft", "reward", "policy", "ppo", "grpo", "rloo", "dpo", "rrhf")
+STAGE_ORDER = ("pretrain", "sft", "reward", "gold", "proxies", "policy", "ppo", "grpo", "rloo", "dpo", "rrhf")
 HEALTHY_PANELS = ("env/reward_mean", "objective/kl", "objective/entropy", "tokens/response_len")
 
 
@@ -41,16 +43,24 @@ class Diagnosis:
 
 
 def run_dirs(run) -> list[tuple[str, Path]]:
-    """(name, directory) of every run to diagnose under `run`: itself, or a recipe's stages in pipeline order (a
-    demo's own metrics.jsonl, PPO's rows with the judge curve, stands for its policy/)."""
+    """(name, directory) of every run to diagnose under `run`: itself, or a recipe's stages in pipeline order,
+    found at any depth (overopt's gold/lm/, proxies/n500/, ppo/n500/), each named by its path under `run`. A
+    demo's own metrics.jsonl (PPO's rows with the judge curve) stands for its policy/."""
     run = Path(run)
     if not run.is_dir():
         raise InputError(f"{run}: not a directory")
     recipe = (run / "demo.json").is_file()
     if (run / "metrics.jsonl").is_file() and not recipe:
         return [(run.name or str(run), run)]
-    found = [(d.name, d) for d in sorted(run.iterdir()) if d.is_dir() and (d / "metrics.jsonl").is_file()]
-    found.sort(key=lambda x: (STAGE_ORDER.index(x[0]) if x[0] in STAGE_ORDER else len(STAGE_ORDER), x[0]))
+    found = [(m.parent.relative_to(run).as_posix(), m.parent) for m in run.rglob("metrics.jsonl")
+             if m.parent != run and len(m.parent.relative_to(run).parts) <= 3]
+
+    def order(item):  # pipeline order, then natural order (n500 before n2000)
+        top = item[0].split("/")[0]
+        return (STAGE_ORDER.index(top) if top in STAGE_ORDER else len(STAGE_ORDER),
+                [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", item[0])])
+
+    found.sort(key=order)
     if recipe and (run / "metrics.jsonl").is_file():
         found = [(n, d) for n, d in found if n != "policy"]
         found.insert(sum(n in STAGE_ORDER[:3] for n, _ in found), ("policy", run))

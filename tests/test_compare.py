@@ -7,7 +7,7 @@ from conftest import run_cli
 from minirlhf.errors import InputError
 from minirlhf.recipes.compare import METHODS, CompareConfig, quick_compare_config, table
 
-TINY = ["--demo.pretrain.steps=10", "--demo.reward.steps=5", "--demo.ppo.iterations=2", "--grpo.iterations=2",
+TINY = ["--gold.lm.steps=4", "--gold.rm.steps=2", "--demo.pretrain.steps=10", "--demo.reward.steps=5", "--demo.ppo.iterations=2", "--grpo.iterations=2",
         "--rloo.iterations=2", "--dpo.steps=2", "--rrhf.steps=2", "--preference_prompts=8", "--best_of_n=1,2",
         "--eval_points=1", "--eval_samples=1"]
 
@@ -33,10 +33,12 @@ def test_every_method_gets_a_curve_from_the_same_start(quick_run):
         assert curve[-1]["x"] == 2                                             # the last iteration / step
         for p in curve:
             assert 0 <= p["judge_positive_rate"] <= 1 and p["kl"] == p["kl"]
+            assert 0 <= p["gold"] <= 1 and p["gold_se"] >= 0                  # the ground truth, every point
     bon = report["methods"]["best_of_n"]["curve"]
     assert [p["x"] for p in bon] == [1, 2] and bon[0]["kl"] == 0.0 and bon[1]["kl"] > 0
     assert (out / "frontier.png").stat().st_size > 0
     assert "| best-of-2 | ≤ " in (out / "compare.md").read_text(encoding="utf-8")
+    assert "| gold ± se |" in (out / "compare.md").read_text(encoding="utf-8") and "tau" in report["gold"]
     assert json.loads((out / "preferences.json").read_text())["pairs"] > 0
     assert "| dpo |" in r.stdout and "frontier:" in r.stdout
     assert "--quick is a toy-size smoke test: its numbers mean nothing; run `minirlhf compare`" in r.stdout
@@ -45,7 +47,7 @@ def test_every_method_gets_a_curve_from_the_same_start(quick_run):
 def test_rerun_reuses_every_method_and_a_changed_one_reruns_alone(quick_run):
     out, _ = quick_run
     r = compare(out)
-    assert all(f"reusing {m}/ (settings unchanged)" in r.stdout for m in ("sft", "reward", *METHODS))
+    assert all(f"reusing {m}/ (settings unchanged)" in r.stdout for m in ("sft", "reward", "gold", *METHODS))
     r = compare(out, "--rloo.kl_coef=0.1")
     assert "re-training rloo/ (settings changed: config.kl_coef=0.2 -> 0.1)" in r.stdout
     assert all(f"reusing {m}/" in r.stdout for m in ("sft", "reward", "ppo", "grpo", "dpo", "rrhf"))
@@ -68,6 +70,15 @@ def test_table_marks_best_of_n_kl_as_a_bound():
     text = table({"ppo": {"curve": [{"x": 0, **pt}, {"x": 3, **pt}], "seconds": 1.0},
                   "best_of_n": {"curve": [{"x": 4, **pt}], "seconds": 2.0}})
     assert "| sft (start) | 0 |" in text and "| ppo | 0.20 |" in text and "| best-of-4 | ≤ 0.20 |" in text
+    assert "gold" not in text                                            # --with_gold=false: no gold column
+    text = table({"ppo": {"curve": [{"x": 0, **pt, "gold": 0.61, "gold_se": 0.02}], "seconds": 1.0}})
+    assert "| gold ± se |" in text and "| sft (start) | 0 | +0.500 | 0.610 ± 0.020 | 0.900 |" in text
+
+
+def test_without_the_gold_a_method_keeps_its_stage_hash():
+    from minirlhf.recipes.compare import method_settings
+    c = CompareConfig()
+    assert "gold" not in method_settings("ppo", c) and method_settings("ppo", c, "abc")["gold"] == "abc"
 
 
 def test_quick_preset_is_small():

@@ -170,3 +170,18 @@ def test_tensorboard_files_hold_the_metrics(dirs):
         got = [(e.step, e.value) for e in events.Scalars(key)]
         assert got == [(r["iteration"], pytest.approx(r[key], rel=1e-6, abs=1e-7)) for r in rows]
     assert json.loads((dirs / "tb" / "train_config.json").read_text())["report_to"] == "tensorboard"
+
+
+def test_doctor_finds_a_recipes_nested_stages_in_pipeline_order(tmp_path):
+    """An overopt run's layout: demo stages at the top, gold/lm/, gold/rm/, proxies/n<N>/, ppo/n<N>/ below."""
+    (tmp_path / "demo.json").write_text("{}")
+    layout = {"ppo/n16": [healthy(i) for i in range(1, 31)], "pretrain": [step_row(i) for i in range(1, 51)],
+              "gold/lm": [step_row(i) for i in range(1, 51)], "proxies/n16": BROKEN["loss_flat"],
+              "ppo/n4": [healthy(i) for i in range(1, 31)]}
+    for name, rows in layout.items():
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    diagnoses = doctor(tmp_path)
+    assert [d.name for d in diagnoses] == ["pretrain", "gold/lm", "proxies/n16", "ppo/n4", "ppo/n16"]
+    assert [[f.rule.name for f in d.findings] for d in diagnoses] == [[], [], ["loss_flat"], [], []]
+

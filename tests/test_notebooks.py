@@ -194,7 +194,15 @@ def check_run_doctor(nb):
     assert has_plot(nb), "doctor.png not shown"
 
 
-CHECKS = {"exercises_rlhf.ipynb": check_exercises, "08_run_doctor.ipynb": check_run_doctor, "tour.ipynb": check_tour,
+def check_gold_sandbox(nb):
+    text = text_of(nb)
+    assert "a positive loop" in text and "gold/ trained in" in text, "the gold's parts on hand-made texts not shown"
+    assert text.count("agrees with the gold on") >= 2, "each proxy's agreement with the gold not shown"
+    assert "best-of-n on a pool of" in text and has_plot(nb), "best-of-n's gold and proxy curves not drawn"
+
+
+CHECKS = {"exercises_rlhf.ipynb": check_exercises, "08_run_doctor.ipynb": check_run_doctor,
+          "09_gold_sandbox.ipynb": check_gold_sandbox, "tour.ipynb": check_tour,
           "01_gpt_and_sampler.ipynb": check_gpt_and_sampler, "02_reward_models.ipynb": check_reward_models,
           "03_ppo_by_hand.ipynb": check_ppo_by_hand, "04_sentiment_rlhf.ipynb": check_sentiment_rlhf,
           "05_dpo_derivation.ipynb": check_dpo_derivation,

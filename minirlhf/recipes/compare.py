@@ -7,7 +7,13 @@ reference policy, against one reward model, under one seed, on one reward–KL f
       │                                                                          rrhf/ (all k, ranked)
       └─ best-of-n, n = 1 … 64: keep the reward model's best of n samples of sft (no training)
     at eval_points points along each method's training: samples of every pool prompt ──▶ the reward model's
-    score, snownlp's judge positive rate, KL to sft ──▶ frontier.png, compare.json, compare.md
+    score, snownlp's judge positive rate, the gold reward (the sandbox's ground truth, gold/), KL to sft
+    ──▶ frontier.png, compare.json, compare.md
+
+The gold (sandbox.py, gold.GoldReward) is what a person would say: a positive review and readable text. It is
+never trained against; the reward model is. So the third panel is the frontier the DPO paper's Fig. 2 draws
+where the ground-truth reward is known: gold against KL, where reward hacking shows as a gold that falls while
+the reward-model score still rises.
 
 CPU: `minirlhf compare` (the README gives the measured minutes); `--quick` toy size. GPU: `--device cuda`.
 
@@ -41,6 +47,7 @@ from . import reviews
 from .demo_config import DemoConfig, quick_config
 from .demo_report import print_header
 from .evaluator import Evaluator, eval_steps
+from .sandbox import GoldConfig, prepare_gold, quick_gold_config
 from .shared_stages import Prepared, check_out_dir, prepare
 from .stages import StagedConfig, mark_done, stage_digest, stage_record
 
@@ -92,6 +99,11 @@ class CompareConfig(StagedConfig):
     """Evaluations along each method's training, log-spaced (most KL is spent early), and one of sft at KL 0."""
     eval_samples: int = 32
     """Samples per pool prompt at each evaluation."""
+    with_gold: bool = True
+    """Score every point by the gold reward too (its column and panel); false: no gold/ stage is trained."""
+    gold: GoldConfig = field(default_factory=GoldConfig)
+    """The gold reward (--gold.<key>), trained once as gold/ exactly as `minirlhf overopt` trains it (the same
+    stage hash: an overopt run's gold/ copied in, or the same --out, is reused)."""
 
     def __post_init__(self):
         validate(self, positive=("preference_prompts", "preference_k", "eval_points", "eval_samples"))
@@ -113,7 +125,7 @@ class CompareConfig(StagedConfig):
 
 def quick_compare_config() -> CompareConfig:
     """`--quick`: toy sizes, the same pipeline (what the tests run)."""
-    c = CompareConfig(demo=quick_config())
+    c = CompareConfig(demo=quick_config(), gold=quick_gold_config())
     small = dict(iterations=4, batch_size=16, max_new_tokens=8)
     return replace(c, grpo=replace(c.grpo, **small), rloo=replace(c.rloo, **small),
                    dpo=replace(c.dpo, steps=8, batch_size=8), rrhf=replace(c.rrhf, steps=8, batch_size=4),
@@ -129,20 +141,22 @@ def method_config(name: str, config: CompareConfig):
     return config.stage("demo").stage("ppo") if name == "ppo" else config.stage(name)
 
 
-def method_settings(name: str, config: CompareConfig) -> dict:
-    """What a method's stage hash covers (on top of the reward stage's): its config, its evaluation, its data."""
+def method_settings(name: str, config: CompareConfig, gold_hash: str | None = None) -> dict:
+    """What a method's stage hash covers (on top of the reward stage's): its config, its evaluation (with the gold
+    stage's hash when the points are scored by the gold), its data."""
     cfg = method_config(name, config)
-    return {"method": name, "config": stage_record(cfg) if cfg is not None else config.best_of_n,
-            "eval": [config.eval_points, config.eval_samples],
-            "preferences": [config.preference_prompts, config.preference_k] if name in ("dpo", "rrhf") else None}
+    settings = {"method": name, "config": stage_record(cfg) if cfg is not None else config.best_of_n,
+                "eval": [config.eval_points, config.eval_samples],
+                "preferences": [config.preference_prompts, config.preference_k] if name in ("dpo", "rrhf") else None}
+    return settings if gold_hash is None else {**settings, "gold": gold_hash}
 
 
 def run_method(name: str, out: Path, config: CompareConfig, prep: Prepared, evaluator: Evaluator, upstream: str,
-               show_progress: bool) -> dict:
+               show_progress: bool, gold_hash: str | None = None) -> dict:
     """Train (or reuse, when its settings are unchanged) one method; its curve and seconds."""
     method_dir = out / name
     cfg = method_config(name, config)
-    settings = method_settings(name, config)
+    settings = method_settings(name, config, gold_hash)
     digest = stage_digest(upstream, settings)
     if not prep.stages.must_run(method_dir, digest, settings):
         return load_json(method_dir / "curve.json")
@@ -201,12 +215,19 @@ def run_compare(out_dir="runs/compare", config: CompareConfig = CompareConfig(),
     t_start = time.time()
     prep = prepare(out, config.stage("demo"), show_progress)        # sft/ and reward/, as the demo makes them
     save_json(out / "compare_config.json", asdict(config))
-    evaluator = Evaluator(prep, config.stage("demo"), config.eval_samples)
+    gold, gold_hash, t_gold = None, None, time.time()
+    if config.with_gold:
+        gold, gold_hash = prepare_gold(out, prep, config.stage("demo"), config.gold, show_progress)
+    t_gold = time.time() - t_gold
+    evaluator = Evaluator(prep, config.stage("demo"), config.eval_samples, gold=gold)
     results = {}
     for name in config.method_list():
-        results[name] = run_method(name, out, config, prep, evaluator, prep.stages.hashes["reward"], show_progress)
+        results[name] = run_method(name, out, config, prep, evaluator, prep.stages.hashes["reward"], show_progress,
+                                   gold_hash)
     report = {"methods": results, "reward_model": prep.reward_model_accuracy,
+              **({"gold": load_json(out / "gold" / "gold.json")} if gold is not None else {}),
               "seconds": {"reference_and_reward": round(sum(v for k, v in prep.seconds.items() if k != "data"), 1),
+                          **({"gold": round(t_gold, 1)} if gold is not None else {}),
                           **{k: v["seconds"] for k, v in results.items()},
                           "this_invocation": round(time.time() - t_start, 1)},
               "config": asdict(config), "machine": machine(config.demo.device)}
@@ -216,34 +237,50 @@ def run_compare(out_dir="runs/compare", config: CompareConfig = CompareConfig(),
     return report
 
 
+def has_gold(results: dict) -> bool:
+    return any("gold" in p for r in results.values() for p in r["curve"])
+
+
 def table(results: dict) -> str:
-    """Markdown: each method's last point (and sft, the start)."""
+    """Markdown: each method's last point (and sft, the start); the gold's mean ± standard error when scored."""
     first = next(iter(results.values()))["curve"][0] if results else None
-    lines = ["| method | KL to sft (nats) | reward-model score | judge positive rate | judge, response alone "
-             "| distinct-2 | seconds |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    gold = has_gold(results)
+
+    def g(p):
+        return f" {p['gold']:.3f} ± {p['gold_se']:.3f} |" if gold else ""
+    lines = ["| method | KL to sft (nats) | reward-model score |" + (" gold ± se |" if gold else "") +
+             " judge positive rate | judge, response alone | distinct-2 | seconds |",
+             "| --- | --- | --- |" + (" --- |" if gold else "") + " --- | --- | --- | --- |"]
     if first and first["x"] == 0:
-        lines.append(f"| sft (start) | 0 | {first['reward']:+.3f} | {first['judge_positive_rate']:.3f} | "
+        lines.append(f"| sft (start) | 0 | {first['reward']:+.3f} |{g(first)} {first['judge_positive_rate']:.3f} | "
                      f"{first['judge_positive_rate_response']:.3f} | {first['distinct_2']:.3f} | — |")
     for name, r in results.items():
         p = r["curve"][-1]
         label = f"best-of-{p['x']}" if name == "best_of_n" else name
         kl = f"≤ {p['kl']:.2f}" if name == "best_of_n" else f"{p['kl']:.2f}"
-        lines.append(f"| {label} | {kl} | {p['reward']:+.3f} | {p['judge_positive_rate']:.3f} | "
+        lines.append(f"| {label} | {kl} | {p['reward']:+.3f} |{g(p)} {p['judge_positive_rate']:.3f} | "
                      f"{p['judge_positive_rate_response']:.3f} | {p['distinct_2']:.3f} | {r['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
 def plot_frontier(results: dict, path):
-    """Reward-model score and judge positive rate against KL to sft: one line per method, in training order."""
-    fig = figure(figsize=(11, 4.2))
-    axes = fig.subplots(1, 2)
+    """Reward-model score, judge positive rate and (when scored) the gold against KL to sft: one line per method,
+    in training order; the gold with its standard error as a band."""
+    panels = ["reward", "judge_positive_rate"] + (["gold"] if has_gold(results) else [])
+    fig = figure(figsize=(5.5 * len(panels), 4.2))
+    axes = fig.subplots(1, len(panels))
     for name, r in results.items():
         xs = [p["kl"] for p in r["curve"]]
         style = dict(marker="o", ms=4, lw=1.5, ls="--" if name == "best_of_n" else "-")
         label = "best-of-n (KL bound)" if name == "best_of_n" else name
-        axes[0].plot(xs, [p["reward"] for p in r["curve"]], label=label, **style)
-        axes[1].plot(xs, [p["judge_positive_rate"] for p in r["curve"]], label=label, **style)
-    for ax, title in zip(axes, ("reward-model score (the proxy optimised)", "judge positive rate (snownlp)")):
+        for ax, key in zip(axes, panels):
+            line, = ax.plot(xs, [p[key] for p in r["curve"]], label=label, **style)
+            if key == "gold":
+                ax.fill_between(xs, [p["gold"] - p["gold_se"] for p in r["curve"]],
+                                [p["gold"] + p["gold_se"] for p in r["curve"]], color=line.get_color(), alpha=0.15)
+    titles = {"reward": "reward-model score (the proxy optimised)", "judge_positive_rate": "judge positive rate "
+              "(snownlp)", "gold": "gold reward ± se (the ground truth, never trained against)"}
+    for ax, title in zip(axes, (titles[k] for k in panels)):
         ax.set_xlabel("KL to the reference sft (nats per response)")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
