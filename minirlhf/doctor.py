@@ -163,7 +163,8 @@ def plot_diagnoses(diagnoses: list[Diagnosis], path) -> Path | None:
         for ax, (key, steps) in zip(row_axes, ps):
             pts = [(r[d.step_key], r[key]) for r in d.rows if isinstance(r.get(key), (int, float))
                    and d.step_key in r]
-            ax.plot([x for x, _ in pts], [y for _, y in pts], color="tab:red" if steps else "tab:blue")
+            ax.plot([x for x, _ in pts], [y for _, y in pts], color="tab:red" if steps else "tab:blue",
+                    marker="o" if len(pts) < 20 else None, ms=3)            # a lone val/loss point shows
             for s in steps:
                 ax.axvline(s, ls="--", color="tab:red", alpha=0.6)
             ax.set_title(f"{d.name}: {key}", fontsize=9)

@@ -39,7 +39,7 @@ def save_figure(fig, path, title: str = "") -> Path:
     """Title, tight layout, and a PNG at `path` (its folder made if needed)."""
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()) if title else None)  # room for the title
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     return Path(path)
