@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from minirlhf import exercises
-from minirlhf.advantages import compute_gae, kl_penalty, shape_rewards
+from minirlhf.advantages import compute_gae, group_advantages, kl_penalty, shape_rewards
 from minirlhf.exercises import EXERCISES, grade
 from minirlhf.exercises.blank import BEGIN, END, blank_source
 from minirlhf.exercises.harness import show
@@ -27,7 +27,7 @@ REFERENCE = {  # minirlhf's own functions, with the students' signatures
     "pairwise_loss": pairwise_loss, "ranking_loss": ranking_loss, "kl_penalty": kl_penalty,
     "shape_rewards": shape_rewards, "compute_gae": compute_gae, "ppo_policy_loss": ppo_policy_loss,
     "dpo_loss": lambda pc, pr, rc, rr, beta: dpo_loss(pc, pr, rc, rr, beta),
-    "best_of_n_expectation": best_of_n_expectation,
+    "best_of_n_expectation": best_of_n_expectation, "group_advantages": group_advantages,
 }
 
 
@@ -199,6 +199,18 @@ def best_of_n(proxy, value, n, weights="right", descending=False, sort_by="proxy
     return (w * value.to(dtype)[torch.sort(key, descending=descending).indices]).sum()
 
 
+def group_adv(rewards, G, scale, unbiased=True, baseline="group", layout="rows", eps=1e-4, std="group"):
+    """GRPO's group advantage with one of the mistakes students make (the right one with the defaults)."""
+    grouped = rewards.view(-1, G) if layout == "rows" else rewards.view(G, -1).t()
+    mean = rewards.mean() if baseline == "batch" else grouped.mean(1, keepdim=True)
+    centred = grouped - mean
+    if scale == "group":
+        spread = rewards.std(unbiased=unbiased) if std == "batch" or baseline == "batch" else grouped.std(
+            1, unbiased=unbiased, keepdim=True)
+        centred = centred / (spread + eps)
+    return centred.reshape(-1)
+
+
 WRONG = [  # (exercise, wrong answer, words the failure message must contain)
     ("masked_mean", lambda x, m, dim=None: x.mean() if dim is None else x.mean(dim), "padding included"),
     ("masked_mean", lambda x, m, dim=None: (x * m).mean() if dim is None else (x * m).mean(dim), "ALL entries"),
@@ -267,6 +279,12 @@ WRONG = [  # (exercise, wrong answer, words the failure message must contain)
     ("best_of_n_expectation", lambda p, v, n: best_of_n(p, v, n, weights="exp_first"), "the result is finite",
      "10^998", "lgamma"),
     ("best_of_n_expectation", lambda p, v, n: best_of_n(p, v, n, dtype=torch.float32), "M = 4096", "float64"),
+    ("group_advantages", lambda r, G, scale: group_adv(r, G, scale, unbiased=False), "population std", "Bessel"),
+    ("group_advantages", lambda r, G, scale: group_adv(r, G, scale, baseline="batch"), "mean of the whole batch"),
+    ("group_advantages", lambda r, G, scale: group_adv(r, G, scale, layout="columns"), "down the columns"),
+    ("group_advantages", lambda r, G, scale: group_adv(r, G, scale, eps=0.0), "left out ε = 1e-4"),
+    ("group_advantages", lambda r, G, scale: group_adv(r, G, "group"), "scale='none'", "only subtracts"),
+    ("group_advantages", lambda r, G, scale: group_adv(r, G, scale, std="batch"), "batch's std"),
 ]
 
 

@@ -16,6 +16,7 @@ values and a HINT; when the output is what a known mistake gives, the hint names
 import sys
 
 from .advantages_checks import check_compute_gae, check_kl_penalty, check_shape_rewards
+from .grpo_checks import check_group_advantages
 from .ops_checks import check_masked_mean, check_masked_whiten, check_shifted_logprobs
 from .overopt_checks import check_best_of_n_expectation
 from .policy_checks import check_dpo_loss, check_ppo_policy_loss
@@ -25,7 +26,8 @@ from .sampling_checks import check_top_p_filter
 # In the notebook's order; check_<name> grades the function <name>.
 __all__ = ["check_masked_mean", "check_masked_whiten", "check_shifted_logprobs", "check_top_p_filter",
            "check_pairwise_loss", "check_ranking_loss", "check_kl_penalty", "check_shape_rewards",
-           "check_compute_gae", "check_ppo_policy_loss", "check_dpo_loss", "check_best_of_n_expectation"]
+           "check_compute_gae", "check_ppo_policy_loss", "check_dpo_loss", "check_best_of_n_expectation",
+           "check_group_advantages"]
 
 EXERCISES = tuple(name.removeprefix("check_") for name in __all__)
 
