@@ -178,7 +178,8 @@ def cmd_offline(args, overrides):
 
 
 def cmd_recipe(args, overrides):
-    """demo, compare, overopt: the recipe's preset (--quick: its toy one) <- overrides; run it, print its report."""
+    """demo, compare, overopt, arithmetic: the recipe's preset (--quick: its toy one) <- overrides; run it, print
+    its report."""
     config = _config_from_args(args, overrides, args.quick_preset() if args.quick else args.preset())
     out = args.out or f"runs/{args.command}" + ("-quick" if args.quick else "")
     args.print_report(args.run_recipe(out, config), out)
@@ -308,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", required=True, help="the pretrained policy directory")
     p.set_defaults(fn=cmd_offline, load=data.load_demonstrations, train=train_sft)
 
-    from .recipes import compare, overopt, sentiment_zh
+    from .recipes import arithmetic, compare, overopt, sentiment_zh
     from .recipes.demo_report import print_report
     for name, help, config_cls, quick, run, report in (
             ("demo", "the flagship: Chinese review-sentiment RLHF, end to end, offline",
@@ -317,7 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
              compare.CompareConfig, compare.quick_compare_config, compare.run_compare, compare.print_compare),
             ("overopt", "reward over-optimisation against a known gold (Gao et al. 2022): proxies trained on gold "
              "labels, best-of-n and PPO against each, gold and proxy against sqrt(KL)", overopt.OveroptConfig,
-             overopt.quick_overopt_config, overopt.run_overoptimization, overopt.print_overoptimization)):
+             overopt.quick_overopt_config, overopt.run_overoptimization, overopt.print_overoptimization),
+            ("arithmetic", "a verifiable reward from scratch: multi-digit addition, SFT then GRPO, RLOO and PPO with "
+             "a format + correctness reward; accuracy and pass@k on held-out and harder problems",
+             arithmetic.ArithmeticConfig, arithmetic.quick_arithmetic_config, arithmetic.run_arithmetic,
+             arithmetic.print_arithmetic)):
         p = sub.add_parser(name, help=help, description=help, epilog=config_help(config_cls()),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--quick", action="store_true", help="toy sizes, the same pipeline (what the tests run)")
