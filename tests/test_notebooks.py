@@ -201,7 +201,16 @@ def check_gold_sandbox(nb):
     assert "best-of-n on a pool of" in text and has_plot(nb), "best-of-n's gold and proxy curves not drawn"
 
 
-CHECKS = {"exercises_rlhf.ipynb": check_exercises, "08_run_doctor.ipynb": check_run_doctor,
+def check_verifiable_rewards(nb):
+    text = text_of(nb)
+    assert "a training problem among the held-out (either order): False" in text, "the splits are not shown apart"
+    assert "the recipe's 1.0" in text and "the recipe's 0.1" in text, "the reward function is not compared"
+    assert "formula 0.6429   every subset 0.6429" in text, "pass@2 of 3 right in 8 is not checked by enumeration"
+    assert "run_arithmetic took" in text and "| grpo |" in text and has_plot(nb), "GRPO's before/after not shown"
+
+
+CHECKS = {"exercises_rlhf.ipynb": check_exercises, "07_verifiable_rewards.ipynb": check_verifiable_rewards,
+          "08_run_doctor.ipynb": check_run_doctor,
           "09_gold_sandbox.ipynb": check_gold_sandbox, "tour.ipynb": check_tour,
           "01_gpt_and_sampler.ipynb": check_gpt_and_sampler, "02_reward_models.ipynb": check_reward_models,
           "03_ppo_by_hand.ipynb": check_ppo_by_hand, "04_sentiment_rlhf.ipynb": check_sentiment_rlhf,
