@@ -131,14 +131,9 @@ def cmd_sample(args, overrides):
         print(shown + text)
 
 
-def cmd_online(args, overrides):
-    """ppo, grpo (--algo rloo: RLOOConfig's defaults): load --prompts, RL-train from --init against --reward with
-    the parser's `train`, save to --out."""
-    from .data import load_prompts
-    from .grpo import RLOOConfig
-    if getattr(args, "algo", None) == "rloo":
-        args.config_cls = RLOOConfig  # the same fields, RLOO's defaults (k1 KL in the reward)
-    config = _config_from_args(args, overrides)
+def _reward_fn_from_args(args):
+    """--reward_fn specs (summed with --reward_weights) as one reward function, or None for --reward DIR: exactly
+    one of the two must be given (ppo, grpo, best-of-n)."""
     reward_fn = None
     if args.reward_fn:  # reward functions as code (reward_fns.py), summed with --reward_weights
         from .reward_fns import combine, load_reward_fn, parse_weights
@@ -149,6 +144,68 @@ def cmd_online(args, overrides):
     if (args.reward is None) == (reward_fn is None):
         raise InputError("give --reward DIR (a reward model) or --reward_fn module:function (reward functions), "
                          "one of the two")
+    return reward_fn
+
+
+def _add_reward_args(p):
+    p.add_argument("--reward", help="the reward model directory (or --reward_fn)")
+    p.add_argument("--reward_fn", action="append", metavar="MODULE:FUNCTION",
+                   help="a reward function, fn(prompts, responses, prompt_ids, response_ids) -> one number a "
+                        "response (minirlhf.reward_fns); repeat for several, summed")
+    p.add_argument("--reward_weights", metavar="W,W,...", help="weights of the --reward_fn functions (default 1 each)")
+
+
+def cmd_best_of_n(args, overrides):
+    """Best-of-n (rejection sampling): n samples of each prompt, the one the reward scores highest kept."""
+    import json
+    from pathlib import Path
+
+    from .data import load_prompts
+    from .evaluation import best_of_n, best_of_n_kl_bound
+    from .model import GPT, RewardModel
+    from .rollout import TextReward
+    from .runtime import resolve_device
+    from .tokenizer import Tokenizer
+    if overrides:
+        raise InputError(f"best-of-n takes no --key=value overrides, got {overrides[0]!r}")
+    if args.n < 1 or args.max_new_tokens < 1 or args.temperature <= 0:
+        raise InputError(f"best-of-n needs --n >= 1, --max-new-tokens >= 1 and --temperature > 0; got {args.n}, "
+                         f"{args.max_new_tokens}, {args.temperature}")
+    reward_fn = _reward_fn_from_args(args)
+    prompts = [str(p) for p in load_prompts(args.prompts)]
+    device = resolve_device(args.device)
+    tokenizer = Tokenizer.from_file(f"{args.model}/tokenizer.json")
+    policy = GPT.from_pretrained(args.model).to(device).eval()
+    tokenizer.check_model(policy.config, args.model)
+    RewardModel.warn_if_one(args.model, "sampling")
+    if reward_fn is None:
+        reward = RewardModel.from_pretrained(args.reward).to(device).eval()
+        tokenizer.check_model(reward.config, args.reward)
+    else:
+        reward = TextReward(reward_fn, tokenizer)
+    kept = best_of_n(policy, reward, tokenizer, prompts, 1, args.n, args.max_new_tokens, args.temperature,
+                     seed=args.seed)
+    lines = [json.dumps({"prompt": p, "response": r, "score": round(x, 6), "n": args.n}, ensure_ascii=False)
+             for p, r, x in zip(kept.prompts, kept.responses, kept.rewards)]
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    else:
+        print("\n".join(lines))
+    print(f"best-of-{args.n} of {len(prompts)} prompts: mean score {sum(kept.rewards) / len(kept.rewards):+.4f}; "
+          f"KL to the model ≤ {best_of_n_kl_bound(args.n):.3f} nats (log n − (n−1)/n)"
+          + (f"; written to {args.out}" if args.out else ""), file=sys.stderr)
+
+
+def cmd_online(args, overrides):
+    """ppo, grpo (--algo rloo: RLOOConfig's defaults): load --prompts, RL-train from --init against --reward with
+    the parser's `train`, save to --out."""
+    from .data import load_prompts
+    from .grpo import RLOOConfig
+    if getattr(args, "algo", None) == "rloo":
+        args.config_cls = RLOOConfig  # the same fields, RLOO's defaults (k1 KL in the reward)
+    config = _config_from_args(args, overrides)
+    reward_fn = _reward_fn_from_args(args)
     args.train(load_prompts(args.prompts), args.init, args.reward, args.out, config, resume=args.resume,
                overwrite=args.overwrite, reward_fn=reward_fn)
     _done(f"saved {getattr(args, 'algo', args.command).upper()} policy to {args.out}")
@@ -256,6 +313,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile the one-token step: faster per token, after tens of seconds of compiling")
     p.set_defaults(fn=cmd_sample)
 
+    help = ("best-of-n (rejection sampling): n samples of each prompt, the one a reward model or reward functions "
+            "score highest kept, as JSONL {prompt, response, score, n}")
+    p = sub.add_parser("best-of-n", help=help, description=help)
+    p.add_argument("--model", required=True, help="the policy directory to sample from")
+    p.add_argument("--prompts", required=True, help='a .jsonl file of {"prompt": ...} lines')
+    _add_reward_args(p)
+    p.add_argument("--n", type=int, default=16, help="samples a prompt, the best kept (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=24, dest="max_new_tokens",
+                   help="length limit of each sample (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature, > 0 (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    p.add_argument("--out", help="write the JSONL here (default: print it)")
+    p.set_defaults(fn=cmd_best_of_n)
+
     # -- the online trainers: PPO, GRPO and RLOO (the policy learns from its own samples) --
     from .grpo import GRPOConfig, train_grpo
     from .ppo import PPOConfig, train_ppo
@@ -270,11 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "k1 KL in the reward (default kl_estimator=k1) (default: grpo)")
         p.add_argument("--prompts", required=True, help='a .jsonl file of {"prompt": ...} lines')
         p.add_argument("--init", required=True, help="the pretrained policy directory (also the frozen reference)")
-        p.add_argument("--reward", help="the reward model directory (or --reward_fn)")
-        p.add_argument("--reward_fn", action="append", metavar="MODULE:FUNCTION",
-                       help="a reward function, fn(prompts, responses, prompt_ids, response_ids) -> one number a "
-                            "response (minirlhf.reward_fns); repeat for several, summed")
-        p.add_argument("--reward_weights", metavar="W,W,...", help="weights of the --reward_fn functions (default 1 each)")
+        _add_reward_args(p)
         p.set_defaults(fn=cmd_online, train=train)
 
     from .reward import LOSSES, RewardConfig

@@ -224,3 +224,24 @@ def test_cli_refuses_bad_reward_flags_with_one_line_and_status_2(dirs, tmp_path,
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert message.format(d=dirs) in last and all(b.startswith("grpo:") for b in bars)   # NaN: after the bar
     assert (tmp_path / "out").exists() == ("returned nan" in message)                  # the others: before a run
+
+
+def test_best_of_n_cli_keeps_the_reward_functions_best_and_takes_a_reward_model(dirs, tmp_path):
+    length = tmp_path / "length.py"
+    write(length, "def longest(prompts, responses):\n    return [float(len(r)) for r in responses]\n")
+    out = tmp_path / "bon.jsonl"
+    r = run_cli("best-of-n", "--model", dirs / "sft", "--prompts", dirs / "prompts.jsonl", "--reward_fn",
+                f"{length}:longest", "--n", "8", "--max-new-tokens", "6", "--out", out)
+    kept = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+    assert [k["prompt"] for k in kept] == ["今天", "我们"] and all(k["n"] == 8 for k in kept)
+    assert all(k["score"] == len(k["response"]) for k in kept)
+    one = run_cli("best-of-n", "--model", dirs / "sft", "--prompts", dirs / "prompts.jsonl", "--reward_fn",
+                  f"{length}:longest", "--n", "1", "--max-new-tokens", "6")
+    single = [json.loads(x) for x in one.stdout.splitlines()]
+    assert all(b["score"] >= s["score"] for b, s in zip(kept, single))        # the best of 8 is at least one draw
+    assert "best-of-8 of 2 prompts" in r.stderr and "KL to the model ≤ 1.204 nats" in r.stderr
+    r = run_cli("best-of-n", "--model", dirs / "sft", "--prompts", dirs / "prompts.jsonl", "--reward", dirs / "reward",
+                "--n", "4", "--max-new-tokens", "4")
+    assert len(r.stdout.splitlines()) == 2
+    bad = run_cli("best-of-n", "--model", dirs / "sft", "--prompts", dirs / "prompts.jsonl", check=False)
+    assert bad.returncode == 2 and "give --reward DIR" in bad.stderr and "Traceback" not in bad.stderr
