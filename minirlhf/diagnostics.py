@@ -76,7 +76,34 @@ def _num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+class Rows(list):
+    """The rows a Watch has seen, each metric's finite values indexed as the rows arrive: a rule reads a series in
+    O(1) rather than scanning every row again at every row (which made a long run's checks quadratic)."""
+
+    def __init__(self):
+        super().__init__()
+        self.at: dict[str, list[int]] = {}        # metric -> indices of the rows holding a finite value of it
+        self.values: dict[str, list[float]] = {}  # metric -> those values, in order
+
+    def append(self, row: dict):
+        for k, v in row.items():
+            if _num(v):
+                self.at.setdefault(k, []).append(len(self))
+                self.values.setdefault(k, []).append(v)
+        super().append(row)
+
+
+def indexed(rows: list[dict], key: str) -> list[tuple[int, float]]:
+    """(row index, value) of every row with a finite `key`."""
+    if isinstance(rows, Rows):
+        return list(zip(rows.at.get(key, []), rows.values.get(key, [])))
+    return [(i, r[key]) for i, r in enumerate(rows) if _num(r.get(key))]
+
+
 def series(rows: list[dict], key: str) -> list[float]:
+    """The finite values of `key`, in order (read-only: a Watch's own list)."""
+    if isinstance(rows, Rows):
+        return rows.values.get(key, [])
     return [r[key] for r in rows if _num(r.get(key))]
 
 
@@ -183,8 +210,8 @@ def _kl_racing(rows, c, ctx):
 
 
 def _length_hacking(rows, c, ctx):
-    pairs = [(r["env/reward_mean"], r["tokens/response_len"]) for r in rows
-             if _num(r.get("env/reward_mean")) and _num(r.get("tokens/response_len"))]
+    lengths = dict(indexed(rows, "tokens/response_len"))
+    pairs = [(x, lengths[i]) for i, x in indexed(rows, "env/reward_mean") if i in lengths]
     if len(pairs) < max(c.warmup, 2 * c.window):
         return None
     lengths = [p[1] for p in pairs]
@@ -211,7 +238,7 @@ def _eval_falls(rows, c, ctx):
     small sample: the demo's judges 32 responses), is below its best, while the proxy reward is above where it
     was there."""
     key = next((k for k in ("eval/judge_positive_rate", "eval/gold") if series(rows, k)), None)
-    pts = [r for r in rows if key and _num(r.get(key)) and _num(r.get("env/reward_mean"))]
+    pts = [rows[i] for i, _ in indexed(rows, key) if _num(rows[i].get("env/reward_mean"))] if key else []
     if len(pts) < 5:
         return None
     smooth = [_mean([r[key] for r in pts[i:i + 3]]) for i in range(len(pts) - 2)]
@@ -225,7 +252,7 @@ def _overfitting(rows, c, ctx):
     p = prefix_of(rows)
     if p is None or p in ONLINE_PREFIXES:
         return None
-    val = [(i, r["val/loss"]) for i, r in enumerate(rows) if _num(r.get("val/loss"))]
+    val = indexed(rows, "val/loss")
     if len(val) < 3:
         return None
     i_best, best = min(val, key=lambda x: x[1])
@@ -341,7 +368,7 @@ class Watch:
     def __init__(self, config: DiagnosticsConfig | None = None, context: dict | None = None, stop_on: str = ""):
         self.config, self.context = config or DiagnosticsConfig(), context or {}
         self.stop_on = parse_stop_on(stop_on)
-        self.rows: list[dict] = []
+        self.rows = Rows()
         self.fired: dict[str, Finding] = {}
         self.worst: dict[str, float] = {}       # each rule's value nearest its threshold so far (doctor's report)
 

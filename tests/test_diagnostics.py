@@ -185,3 +185,15 @@ def test_doctor_finds_a_recipes_nested_stages_in_pipeline_order(tmp_path):
     assert [d.name for d in diagnoses] == ["pretrain", "gold/lm", "proxies/n16", "ppo/n4", "ppo/n16"]
     assert [[f.rule.name for f in d.findings] for d in diagnoses] == [[], [], ["loss_flat"], [], []]
 
+
+
+def test_the_watchs_indexed_rows_read_as_the_plain_rows_do():
+    """Rows keeps each metric's finite values as rows arrive; a rule reads the same series as from a plain list."""
+    from minirlhf.diagnostics import Rows, indexed, series
+    plain = [{"a": 1.0, "b": float("nan")}, {"b": 2.0}, {"a": 3, "b": True, "c": "x"}, {"a": float("inf")}]
+    rows = Rows()
+    for r in plain:
+        rows.append(r)
+    for key in ("a", "b", "c", "missing"):
+        assert series(rows, key) == series(plain, key) and indexed(rows, key) == indexed(plain, key)
+    assert series(rows, "a") == [1.0, 3] and indexed(rows, "b") == [(1, 2.0)] and list(rows) == plain
