@@ -46,7 +46,7 @@ from ..sft import SFTConfig, train_sft
 from ..tokenizer import BYTE_TOKENS, SPECIALS, Tokenizer
 from . import arithmetic_task as task
 from .demo_report import print_header
-from .stages import StagedConfig, Stages, mark_done, stage_digest, stage_record
+from .stages import StagedConfig, Stages, chained_hashes, check_out_dir, mark_done, stage_digest, stage_record
 
 METHODS = ("grpo", "rloo", "ppo")
 KS = (1, 4, 16)
@@ -204,10 +204,7 @@ def method_settings(name: str, config: ArithmeticConfig) -> dict:
 
 
 def stage_hashes(config: ArithmeticConfig) -> dict[str, str]:
-    out, upstream = {}, ""
-    for stage, part in stage_settings(config).items():
-        upstream = out[stage] = stage_digest(upstream, part)
-    return out
+    return chained_hashes(stage_settings(config))
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -237,12 +234,6 @@ def curve_point(model: GPT, tokenizer: Tokenizer, data: task.Splits, config: Ari
 
 
 # ---------------------------------------------------------------------------------------------- the stages
-
-def check_out_dir(out: Path):
-    """A run directory is reused only if it holds an arithmetic run; anything else is never overwritten."""
-    if out.exists() and any(out.iterdir()) and not (out / "arithmetic_config.json").exists():
-        raise InputError(f"{out}: exists and is not a minirlhf arithmetic run; choose another --out")
-
 
 def make_init(init_dir: Path, config: ArithmeticConfig) -> Tokenizer:
     """A char tokenizer holding exactly the task's characters (one token each) and a randomly initialised GPT-2."""
@@ -286,7 +277,7 @@ def run_arithmetic(out_dir="runs/arithmetic", config: ArithmeticConfig = Arithme
                    show_progress: bool = True) -> dict:
     """Run (or reuse) every stage; evaluate sft and each method; write arithmetic.json/.md/.png; return the report."""
     out = Path(out_dir)
-    check_out_dir(out)
+    check_out_dir(out, "arithmetic run", marker="arithmetic_config.json")
     t_start, seconds = time.time(), {}
     out.mkdir(parents=True, exist_ok=True)
     save_json(out / "arithmetic_config.json", asdict(config))

@@ -48,8 +48,8 @@ from .demo_config import DemoConfig, quick_config
 from .demo_report import print_header
 from .evaluator import Evaluator, eval_steps
 from .sandbox import GoldConfig, prepare_gold, quick_gold_config
-from .shared_stages import Prepared, check_out_dir, prepare
-from .stages import StagedConfig, mark_done, stage_digest, stage_record
+from .shared_stages import Prepared, prepare
+from .stages import StagedConfig, check_out_dir, mark_done, stage_digest, stage_record
 
 METHODS = ("ppo", "grpo", "rloo", "dpo", "rrhf", "best_of_n")
 

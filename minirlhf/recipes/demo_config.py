@@ -13,7 +13,7 @@ from ..reward import RewardConfig
 from ..sft import PretrainConfig, SFTConfig
 from ..tokenizer import STAND_IN
 from . import reviews
-from .stages import StagedConfig, stage_digest, stage_record
+from .stages import StagedConfig, chained_hashes, stage_record
 
 
 def _pretrain() -> PretrainConfig:
@@ -114,8 +114,5 @@ def stage_settings(config: DemoConfig) -> dict[str, dict]:
 
 def stage_hashes(config: DemoConfig) -> dict[str, str]:
     """Each stage's hash covers its whole config (every field, defaults included) and every earlier stage's
-    hash: a change anywhere re-runs that stage and the ones after it."""
-    out, upstream = {}, ""
-    for stage, part in stage_settings(config).items():
-        upstream = out[stage] = stage_digest(upstream, part)
-    return out
+    hash: a change anywhere re-runs that stage and the ones after it (stages.chained_hashes)."""
+    return chained_hashes(stage_settings(config))

@@ -40,8 +40,8 @@ from .demo_report import print_header
 from .evaluator import Evaluator, eval_steps, gold_stats
 from .sandbox import (GoldConfig, ProxyConfig, prepare_gold, prepare_proxies, proxy_accuracy, quick_gold_config,
                       quick_proxy_config)
-from .shared_stages import check_out_dir, prepare
-from .stages import StagedConfig, mark_done, stage_digest, stage_record
+from .shared_stages import prepare
+from .stages import StagedConfig, check_out_dir, mark_done, stage_digest, stage_record
 
 
 def _ppo() -> PPOConfig:

@@ -34,8 +34,8 @@ from . import reviews
 from .demo_config import DemoConfig
 from .demo_report import build_report
 from .evaluator import sample_and_judge
-from .shared_stages import check_out_dir, known_characters, prepare
-from .stages import mark_done
+from .shared_stages import known_characters, prepare
+from .stages import check_out_dir, mark_done
 
 # defined here until 2026-12 (the stages, config and report now have modules of their own): still importable
 from .demo_config import quick_config, stage_hashes, stage_settings  # noqa: E402, F401, I001

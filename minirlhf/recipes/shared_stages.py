@@ -12,7 +12,6 @@ import torch
 
 from ..checkpoint import load_json, save_json
 from ..data import Pair
-from ..errors import InputError
 from ..evaluation import score_texts
 from ..model import GPT, RewardModel
 from ..reward import train_reward_model
@@ -22,13 +21,6 @@ from ..tokenizer import Tokenizer
 from . import reviews
 from .demo_config import DemoConfig, stage_hashes, stage_settings
 from .stages import Stages, mark_done
-
-
-def check_out_dir(out: Path, kind: str = "demo run"):
-    """A run directory is reused only if it holds a recipe's run (every recipe's starts with the demo's stages,
-    so its demo.json); anything else is never overwritten. `kind` names the run in the error."""
-    if out.exists() and any(out.iterdir()) and not (out / "demo.json").exists():
-        raise InputError(f"{out}: exists and is not a minirlhf {kind}; choose another --out")
 
 
 def train_tokenizer(texts: list[str], config: DemoConfig) -> Tokenizer:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..checkpoint import load_json, save_json
 from ..config import renamed_keys
+from ..errors import InputError
 
 
 class StagedConfig:
@@ -25,6 +26,14 @@ class StagedConfig:
     def stage(self, name: str):
         """The config stage `name` runs with: its own, with the recipe's seed and device."""
         return replace(getattr(self, name), seed=self.seed, device=self.device)
+
+
+def check_out_dir(out: Path, kind: str = "demo run", marker: str = "demo.json"):
+    """A run directory is reused only if it holds a recipe's run (the demo's stages' demo.json, which every recipe
+    built on them writes; the arithmetic recipe's arithmetic_config.json); anything else is never overwritten.
+    `kind` names the run in the error."""
+    if out.exists() and any(out.iterdir()) and not (out / marker).exists():
+        raise InputError(f"{out}: exists and is not a minirlhf {kind}; choose another --out")
 
 
 WATCH_ONLY = ("report_to", "stop_on", "diagnostics")  # settings that watch a run, never change what it trains
@@ -39,6 +48,15 @@ def stage_record(config) -> dict:
     added = {f.name: f.default for f in fields(config) if f.name in getattr(type(config), "added", ())}
     return {old.get(k, k): v for k, v in asdict(config).items()
             if k not in WATCH_ONLY and not (k in added and v == added[k])}
+
+
+def chained_hashes(settings: dict[str, dict]) -> dict[str, str]:
+    """{stage: hash} for stages in pipeline order: each hash covers that stage's settings and the hash of the stage
+    before it, so a change anywhere re-runs that stage and the ones after it."""
+    out, upstream = {}, ""
+    for stage, part in settings.items():
+        upstream = out[stage] = stage_digest(upstream, part)
+    return out
 
 
 def stage_digest(upstream: str, part) -> str:
