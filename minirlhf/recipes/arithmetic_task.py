@@ -22,11 +22,12 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
+from functools import partial
 from math import comb
 
 import torch
 
-from ..sampling import generate
+from ..sampling import generate, sample_batches
 from ..tokenizer import Tokenizer
 
 OPEN, CLOSE = "<answer>", "</answer>"
@@ -182,14 +183,13 @@ def pass_at_k_exact(n: int, c: int, k: int) -> float:
 @torch.no_grad()
 def sample_answers(model, tokenizer: Tokenizer, problems: list[Problem], n: int, max_new_tokens: int,
                    seed: int, greedy: bool = False, batch_size: int = 512) -> tuple[list[str], list[int]]:
-    """n responses to each problem (problem-major), at temperature 1 or greedy; and each one's length in tokens
-    (EOS included, as the rollout's response mask counts them)."""
-    prompts = tokenizer.encode_prompts([p.prompt for p in problems for _ in range(n)])
-    generator = torch.Generator().manual_seed(seed)
+    """n responses to each problem (problem-major), at temperature 1 or greedy (top-k 1), through the one chunked
+    sampling path (sampling.sample_batches); and each one's length in tokens (EOS included, as the rollout's
+    response mask counts them)."""
+    sample = partial(generate, model, top_k=1 if greedy else 0)
     texts, lengths = [], []
-    for i in range(0, len(prompts), batch_size):
-        out = generate(model, prompts[i:i + batch_size], max_new_tokens, top_k=1 if greedy else 0,
-                       eos_id=tokenizer.eos_id, generator=generator, pad_id=tokenizer.pad_id)
+    for _, out in sample_batches(model, tokenizer, [p.prompt for p in problems], n, max_new_tokens, seed=seed,
+                                 batch_size=batch_size, sample=sample):
         P = out.sequences.shape[1] - out.response_mask.shape[1]
         responses = torch.where(out.response_mask.bool(), out.sequences[:, P:], tokenizer.pad_id)
         texts += tokenizer.decode_batch(responses.tolist())
